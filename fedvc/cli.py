@@ -1,0 +1,429 @@
+"""``fedvc``: the command line over ``Repository`` (init, keygen, commit, log, show, diff,
+checkout, branch, tag, verify).
+
+Each command is a small function from parsed arguments to printed text; all real work is
+in the library. Exit codes: 0 success, 1 a check failed (``verify``), 2 bad input or a
+fedvc error (the message says what was expected, what came, and what to do).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedvc import render
+from fedvc.diff import ParamDiff, diff_params
+from fedvc.errors import FedvcError
+from fedvc.objects import Commit, ObjectId, short_id
+from fedvc.repo import Repository
+from fedvc.signing import (
+    PublicKey,
+    SigningError,
+    SigningKey,
+    TrustStore,
+    commit_signature_valid,
+)
+from fedvc.tensor_files import load_params, save_params
+from fedvc.verify import verify
+
+MODEL_SUFFIXES = (".safetensors", ".npz")
+
+
+class UsageError(FedvcError):
+    pass
+
+
+def _repo(args: argparse.Namespace) -> Repository:
+    return Repository.open(args.repo) if args.repo else Repository.discover()
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False))
+
+
+# -- commands ----------------------------------------------------------------------------
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    repo = Repository.init(args.directory, bare=args.bare, branch=args.branch)
+    print(
+        f"Initialized empty fedvc repository in {repo.path.resolve() if repo.path else args.directory} (branch {args.branch})"
+    )
+    return 0
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    key = SigningKey.generate()
+    key.save(args.out, overwrite=args.force)
+    print(f"key id:     {key.key_id}")
+    print(f"public key: {key.public_key.hex()}")
+    print(f"wrote {args.out} (private, keep it secret) and {args.out}.pub (share it)")
+    return 0
+
+
+def parse_meta(items: Sequence[str]) -> dict[str, Any]:
+    """``key=value`` pairs; values that read as JSON numbers, booleans or null stay typed."""
+    metadata: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--meta expects KEY=VALUE, got {item!r}")
+        try:
+            value = json.loads(text)
+        except ValueError:
+            value = text
+        if isinstance(value, float) and not math.isfinite(value):
+            value = text
+        metadata[key] = value
+    return metadata
+
+
+def cmd_commit(args: argparse.Namespace) -> int:
+    repo = _repo(args)
+    params = load_params(args.model)
+    signer = SigningKey.load(args.key) if args.key else None
+    oid = repo.commit_params(
+        params, args.message, branch=args.branch, metadata=parse_meta(args.meta), signer=signer
+    )
+    commit = repo.get_commit(oid)
+    nbytes = repo.get_snapshot(commit.snapshot).nbytes
+    signed = f", signed by {signer.key_id}" if signer else ", unsigned"
+    branch = args.branch or repo.head_branch
+    print(f"[{branch} {short_id(oid)}] {args.message}")
+    print(f" {len(params)} tensors, {render.size(nbytes)}{signed}")
+    return 0
+
+
+def _labels(repo: Repository) -> dict[ObjectId, list[str]]:
+    labels: dict[ObjectId, list[str]] = {}
+    head = repo.head_branch
+    for name, oid in repo.branches().items():
+        labels.setdefault(oid, []).append(f"HEAD -> {name}" if name == head else name)
+    for name, oid in repo.tags().items():
+        labels.setdefault(oid, []).append(f"tag: {name}")
+    return labels
+
+
+def commit_json(oid: ObjectId, commit: Commit) -> dict[str, Any]:
+    return {
+        "id": oid,
+        "parents": list(commit.parents),
+        "snapshot": commit.snapshot,
+        "author": commit.author,
+        "key_id": PublicKey.from_hex(commit.author).key_id if commit.author else None,
+        "signature": _signature_state(commit),
+        "timestamp": commit.timestamp,
+        "message": commit.message,
+        "metadata": dict(commit.metadata),
+    }
+
+
+def _signature_state(commit: Commit) -> str:
+    if commit.signature is None:
+        return "unsigned"
+    return "valid" if commit_signature_valid(commit) else "INVALID"
+
+
+def cmd_log(args: argparse.Namespace) -> int:
+    repo = _repo(args)
+    entries = repo.log(args.rev, limit=args.max_count, first_parent=args.first_parent)
+    if args.json:
+        _print_json([commit_json(oid, c) for oid, c in entries])
+        return 0
+    labels = _labels(repo)
+    if args.graph:
+        print("\n".join(render.graph_lines(entries, labels)))
+        return 0
+    for oid, commit in entries:
+        print(render.summary_line(oid, commit, labels.get(oid, ())))
+        key = PublicKey.from_hex(commit.author).key_id if commit.author else "-"
+        print(f"    {render.date(commit.timestamp)}  key {key}  {_signature_state(commit)}")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    repo = _repo(args)
+    oid = repo.resolve(args.rev)
+    commit = repo.get_commit(oid)
+    snapshot = repo.get_snapshot(commit.snapshot)
+    if args.json:
+        _print_json(
+            {
+                **commit_json(oid, commit),
+                "tensors": {n: e.to_json() for n, e in snapshot.tensors.items()},
+            }
+        )
+        return 0
+    info = commit_json(oid, commit)
+    print(f"commit    {oid}")
+    for parent in commit.parents:
+        print(f"parent    {parent}")
+    print(f"author    {info['key_id'] or '-'} ({info['signature']})")
+    print(f"date      {render.date(commit.timestamp)}")
+    print(f"snapshot  {commit.snapshot}")
+    print()
+    for line in commit.message.splitlines() or ["(no message)"]:
+        print(f"    {line}")
+    if commit.metadata:
+        print()
+        for key, value in sorted(commit.metadata.items()):
+            print(f"    {key} = {json.dumps(value, ensure_ascii=False, sort_keys=True)}")
+    print()
+    rows = [
+        (
+            name,
+            e.dtype,
+            "x".join(map(str, e.shape)) or "scalar",
+            math.prod(e.shape),
+            render.size(e.nbytes),
+            short_id(e.blob),
+        )
+        for name, e in snapshot.tensors.items()
+    ]
+    print(
+        "\n".join(
+            render.table(["tensor", "dtype", "shape", "numel", "size", "blob"], rows, "lllrrl")
+        )
+    )
+    total = sum(math.prod(e.shape) for e in snapshot.tensors.values())
+    print(f"{len(rows)} tensors, {total} parameters, {render.size(snapshot.nbytes)}")
+    return 0
+
+
+def _load_model(
+    repo: Repository | None, spec: str
+) -> tuple[dict[str, np.ndarray], dict[str, ObjectId]]:
+    """A model from a file or a revision, with blob ids when it came from the repository."""
+    path = Path(spec)
+    if path.suffix in MODEL_SUFFIXES and path.is_file():
+        return load_params(path), {}
+    if repo is None:
+        raise UsageError(f"{spec!r} is not a model file and no repository was found to resolve it")
+    snapshot = repo.get_commit(repo.resolve(spec)).snapshot
+    entries = repo.get_snapshot(snapshot).tensors
+    return repo.read_snapshot(snapshot), {n: e.blob for n, e in entries.items()}
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    try:
+        repo: Repository | None = _repo(args)
+    except FedvcError:
+        repo = None
+    a, blobs_a = _load_model(repo, args.a)
+    b, blobs_b = _load_model(repo, args.b)
+
+    def known_equal(name: str) -> bool:
+        return name in blobs_a and blobs_a.get(name) == blobs_b.get(name)
+
+    result = diff_params(a, b, known_equal=known_equal)
+    if args.json:
+        _print_json(result.to_json())
+    else:
+        print("\n".join(diff_lines(result, show_all=args.all)))
+    return 0
+
+
+def diff_lines(result: ParamDiff, *, show_all: bool) -> list[str]:
+    shown = result.tensors if show_all else result.differences
+    rows = [
+        (
+            t.status,
+            t.name,
+            t.new_dtype or t.old_dtype,
+            _shape(t.new_shape or t.old_shape),
+            t.l2,
+            t.relative,
+            t.cosine,
+            t.changed_fraction,
+        )
+        for t in shown
+    ]
+    lines = (
+        render.table(
+            ["status", "tensor", "dtype", "shape", "l2", "relative", "cosine", "changed"],
+            rows,
+            "llllrrrr",
+        )
+        if rows
+        else ["no tensor differs"]
+    )
+    counts = ", ".join(f"{n} {status}" for status, n in result.counts.items() if n)
+    lines += [
+        "",
+        f"summary: {counts or 'no tensors'}",
+        f"  l2 {render.number(result.total_l2)}, relative {render.number(result.total_relative)}, "
+        f"cosine {render.number(result.cosine)}, entries changed {render.number(result.changed_fraction)}",
+    ]
+    return lines
+
+
+def _shape(shape: tuple[int, ...] | None) -> str:
+    return "-" if shape is None else "x".join(map(str, shape)) or "scalar"
+
+
+def cmd_checkout(args: argparse.Namespace) -> int:
+    repo = _repo(args)
+    oid = repo.resolve(args.rev)
+    params = repo.read_snapshot(repo.get_commit(oid).snapshot)
+    out = Path(args.output)
+    save_params(
+        params, out, metadata={"fedvc.commit": oid} if out.suffix == ".safetensors" else None
+    )
+    print(f"wrote {out}: {len(params)} tensors from commit {short_id(oid)}")
+    return 0
+
+
+def _ref_command(kind: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        repo = _repo(args)
+        if args.name is None:
+            current = repo.head_branch if kind == "branch" else None
+            refs = repo.branches() if kind == "branch" else repo.tags()
+            for name, oid in refs.items():
+                print(f"{'*' if name == current else ' '} {name:<20} {short_id(oid)}")
+            return 0
+        create = repo.create_branch if kind == "branch" else repo.create_tag
+        oid = create(args.name, args.rev, force=args.force)
+        print(f"{kind} {args.name} -> {short_id(oid)}")
+        return 0
+
+    return run
+
+
+def _trust(specs: Sequence[str]) -> tuple[TrustStore | None, frozenset[str]]:
+    """``--trust`` values: key files or directories, key ids, or 64-hex public keys."""
+    keys: list[PublicKey] = []
+    ids: set[str] = set()
+    for spec in specs:
+        if Path(spec).exists():
+            keys.extend(TrustStore.from_paths([spec]))
+        elif len(spec) == 64:
+            keys.append(PublicKey.from_hex(spec))
+        elif len(spec) == 16 and all(c in "0123456789abcdef" for c in spec):
+            ids.add(spec)
+        else:
+            raise SigningError(
+                f"--trust {spec!r}: expected a key file or directory, a 16-hex key id, or a "
+                "64-hex public key"
+            )
+    return (TrustStore(keys) if specs else None), frozenset(ids)
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    repo = _repo(args)
+    trust, trusted_ids = _trust(args.trust)
+    report = verify(repo, args.rev, trust, trusted_ids=trusted_ids)
+    if args.json:
+        _print_json(report.to_json())
+        return 0 if report.ok else 1
+    for problem in report.problems:
+        print(f"error: {problem}")
+    print(
+        f"checked {report.commits} commits, {report.snapshots} snapshots, {report.blobs} blobs "
+        f"({render.size(report.bytes_checked)}); {report.signed} signed, {len(report.unsigned)} unsigned"
+    )
+    if report.ok:
+        print(f"ok: history of {short_id(report.head)} verifies")
+        return 0
+    print(f"FAILED: {len(report.problems)} problem(s)")
+    return 1
+
+
+# -- parser --------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fedvc", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repo", metavar="DIR", help="repository (default: nearest .fedvc upward)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("init", help="create a repository")
+    p.add_argument("directory", nargs="?", default=".")
+    p.add_argument(
+        "--bare", action="store_true", help="store directly in DIRECTORY, not DIRECTORY/.fedvc"
+    )
+    p.add_argument("--branch", default="main", help="name of the first branch (default: main)")
+    p.set_defaults(run=cmd_init)
+
+    p = sub.add_parser("keygen", help="make an Ed25519 signing key")
+    p.add_argument("--out", required=True, help="private key file; the public key goes to OUT.pub")
+    p.add_argument("--force", action="store_true", help="overwrite existing key files")
+    p.set_defaults(run=cmd_keygen)
+
+    p = sub.add_parser("commit", help="commit a model file (.safetensors or .npz)")
+    p.add_argument("model")
+    p.add_argument("-m", "--message", default="")
+    p.add_argument("--key", help="sign with this private key file")
+    p.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--branch", help="branch to commit on (default: HEAD's branch)")
+    p.set_defaults(run=cmd_commit)
+
+    p = sub.add_parser("log", help="show history")
+    p.add_argument("rev", nargs="?", default="HEAD")
+    p.add_argument("--graph", action="store_true")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("-n", "--max-count", type=int)
+    p.add_argument("--first-parent", action="store_true")
+    p.set_defaults(run=cmd_log)
+
+    p = sub.add_parser("show", help="show a commit and its tensors")
+    p.add_argument("rev", nargs="?", default="HEAD")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=cmd_show)
+
+    p = sub.add_parser("diff", help="compare two models (revisions or files)")
+    p.add_argument("a")
+    p.add_argument("b")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--all", action="store_true", help="list unchanged tensors too")
+    p.set_defaults(run=cmd_diff)
+
+    p = sub.add_parser("checkout", help="write a revision's model to a file")
+    p.add_argument("rev")
+    p.add_argument("-o", "--output", required=True, help="OUT.safetensors or OUT.npz")
+    p.set_defaults(run=cmd_checkout)
+
+    for kind in ("branch", "tag"):
+        p = sub.add_parser(
+            kind,
+            help=f"list {kind}es or create one" if kind == "branch" else "list tags or create one",
+        )
+        p.add_argument("name", nargs="?")
+        p.add_argument("rev", nargs="?", default="HEAD")
+        p.add_argument("--force", action="store_true", help=f"move an existing {kind}")
+        p.set_defaults(run=_ref_command(kind))
+
+    p = sub.add_parser("verify", help="check every hash and signature in a revision's history")
+    p.add_argument("rev", nargs="?", default="HEAD")
+    p.add_argument(
+        "--trust",
+        action="append",
+        default=[],
+        metavar="KEYFILE_OR_ID",
+        help="require every commit signed by one of these keys (repeatable)",
+    )
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=cmd_verify)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args))
+    except FedvcError as exc:
+        print(f"fedvc: error: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""Text for people: tables, the history graph, numbers and dates.
+
+Pure functions from values to lines, so the CLI only chooses what to show and tests can
+check the exact text.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Mapping, Sequence
+
+from fedvc.objects import Commit, ObjectId, short_id
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]], align: str = "") -> list[str]:
+    """Columns padded to their widest cell; ``align`` has one 'l' or 'r' per column."""
+    cells = [[str(h) for h in headers], *[[_cell(c) for c in row] for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    align = align or "l" * len(headers)
+
+    def line(row: list[str]) -> str:
+        padded = (
+            cell.rjust(width) if side == "r" else cell.ljust(width)
+            for cell, width, side in zip(row, widths, align, strict=True)
+        )
+        return "  ".join(padded).rstrip()
+
+    return [line(cells[0]), "  ".join("-" * w for w in widths), *map(line, cells[1:])]
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return number(value)
+    return str(value)
+
+
+def number(value: float | None) -> str:
+    """Compact and exact enough to compare: 4 significant digits."""
+    if value is None:
+        return "-"
+    return f"{value:.4g}"
+
+
+def size(nbytes: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if nbytes < 1024 or unit == "GiB":
+            return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
+        nbytes /= 1024  # type: ignore[assignment]
+    raise AssertionError("unreachable")
+
+
+def date(timestamp: int) -> str:
+    return datetime.datetime.fromtimestamp(timestamp, datetime.timezone.utc).strftime(
+        "%Y-%m-%d %H:%M:%S UTC"
+    )
+
+
+def summary_line(oid: ObjectId, commit: Commit, labels: Sequence[str] = ()) -> str:
+    """``<short id> (labels) <first line of message>``, as in ``git log --oneline``."""
+    decoration = f" ({', '.join(labels)})" if labels else ""
+    subject = commit.message.splitlines()[0] if commit.message else "(no message)"
+    return f"{short_id(oid)}{decoration} {subject}"
+
+
+def graph_lines(
+    entries: Sequence[tuple[ObjectId, Commit]], labels: Mapping[ObjectId, Sequence[str]]
+) -> list[str]:
+    """An ASCII history graph in the style of ``git log --graph``.
+
+    Each column waits for one commit. A commit's first parent takes over its column, every
+    further parent opens a new column (``\\``), and a column whose commit is already awaited
+    elsewhere closes (``/``), which draws a round's octopus merge as a fan of branches.
+    """
+    columns: list[ObjectId] = []
+    lines: list[str] = []
+    for oid, commit in entries:
+        if oid not in columns:
+            columns.append(oid)
+        here = columns.index(oid)
+        marks = ["*" if i == here else "|" for i in range(len(columns))]
+        lines.append(f"{' '.join(marks)}  {summary_line(oid, commit, labels.get(oid, ()))}")
+
+        first = commit.parents[0] if commit.parents else None
+        closes = first is None or first in columns
+        if first is not None and not closes:
+            columns[here] = first
+        opened = [p for p in commit.parents[1:] if p not in columns]
+        if opened:
+            width = len(columns)
+            columns.extend(opened)
+            lines.append(_connector(len(columns), range(width), "\\", range(width, len(columns))))
+        if closes:
+            if len(columns) > 1:
+                kept = [i for i in range(len(columns)) if i != here]
+                lines.append(_connector(len(columns), kept, "/", [here]))
+            del columns[here]
+    return lines
+
+
+def _connector(width: int, keep: Sequence[int], slash: str, at: Sequence[int]) -> str:
+    chars = [" "] * (2 * width)
+    for i in keep:
+        chars[2 * i] = "|"
+    for i in at:
+        chars[max(2 * i - 1, 0)] = slash
+    return "".join(chars).rstrip()

@@ -1,0 +1,252 @@
+"""The on-disk store: one file per object, refs and a commit index in SQLite.
+
+Layout of a repository directory (``.fedvc/`` in a working directory, or a bare one)::
+
+    fedvc.db            SQLite: refs, settings, commit index
+    objects/ab/cdef...  one file per object: ``<kind> <size>\\0<payload>``, named by its hash
+    tmp/                objects being written
+
+Objects are written once: to ``tmp/``, flushed and fsynced, renamed into place, and the
+directory fsynced, so a crash leaves either the whole object or none of it. Every read
+hashes the bytes again, so a flipped bit on disk is caught before it reaches a model.
+Large objects are memory-mapped and handed out as zero-copy views. Refs move by a single
+conditional SQL statement, which SQLite makes atomic across processes.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import sqlite3
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+from fedvc.objects import Commit, ObjectId, ObjectKind, hash_object, object_header, split_object
+from fedvc.store.base import (
+    CorruptObjectError,
+    ObjectNotFoundError,
+    RefConflictError,
+    StoredObject,
+    StoreError,
+    check_payload,
+    validate_ref_name,
+)
+
+DATABASE = "fedvc.db"
+FORMAT_VERSION = "1"
+MMAP_THRESHOLD = 1 << 20
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS refs (name TEXT PRIMARY KEY, target TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS commits (
+    id TEXT PRIMARY KEY, timestamp INTEGER NOT NULL, author TEXT, payload BLOB NOT NULL
+);
+"""
+
+
+def is_store_dir(path: Path) -> bool:
+    return (path / DATABASE).is_file() and (path / "objects").is_dir()
+
+
+class Database:
+    """One SQLite connection shared by a repository's object index and ref store."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        try:
+            self._conn = sqlite3.connect(
+                path, timeout=60, isolation_level=None, check_same_thread=False
+            )
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=FULL")
+            self._conn.executescript(_SCHEMA)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open the repository database {path}: {exc}") from exc
+
+    def execute(self, sql: str, params: tuple[object, ...] = ()) -> sqlite3.Cursor:
+        with self._lock:
+            try:
+                return self._conn.execute(sql, params)
+            except sqlite3.IntegrityError:
+                raise
+            except sqlite3.Error as exc:
+                raise StoreError(f"repository database {self.path}: {exc}") from exc
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class DiskObjectStore:
+    def __init__(self, root: Path, db: Database) -> None:
+        self.root = root
+        self._objects = root / "objects"
+        self._tmp = root / "tmp"
+        self._db = db
+
+    def _path(self, oid: str) -> Path:
+        return self._objects / oid[:2] / oid[2:]
+
+    def put(self, kind: ObjectKind, payload: bytes | memoryview) -> ObjectId:
+        commit = check_payload(kind, payload)
+        oid = hash_object(kind, payload)
+        path = self._path(oid)
+        if not path.exists():
+            self._write_atomic(path, object_header(kind, len(payload)), payload)
+        if commit is not None:
+            self._index_commit(oid, commit)
+        return oid
+
+    def _write_atomic(self, path: Path, header: bytes, payload: bytes | memoryview) -> None:
+        self._tmp.mkdir(exist_ok=True)
+        tmp = self._tmp / f"{path.parent.name}{path.name}.{uuid.uuid4().hex}"
+        try:
+            with open(tmp, "xb") as file:
+                file.write(header)
+                file.write(payload)
+                file.flush()
+                os.fsync(file.fileno())
+            path.parent.mkdir(exist_ok=True)
+            os.replace(tmp, path)  # a concurrent writer of the same id wrote the same bytes
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise StoreError(f"cannot write object {path.parent.name}{path.name}: {exc}") from exc
+        _fsync_dir(path.parent)
+
+    def _index_commit(self, oid: ObjectId, commit: Commit) -> None:
+        self._db.execute(
+            "INSERT OR IGNORE INTO commits (id, timestamp, author, payload) VALUES (?, ?, ?, ?)",
+            (oid, commit.timestamp, commit.author, commit.encode()),
+        )
+
+    def get(self, oid: ObjectId) -> StoredObject:
+        data = self._read(oid)
+        try:
+            kind, payload = split_object(memoryview(data))
+        except Exception as exc:
+            raise CorruptObjectError(oid, str(exc)) from None
+        actual = hash_object(kind, payload)
+        if actual != oid:
+            raise CorruptObjectError(oid, f"its bytes hash to {actual}")
+        return StoredObject(kind, payload)
+
+    def _read(self, oid: ObjectId) -> bytes | mmap.mmap:
+        path = self._path(oid)
+        try:
+            with open(path, "rb") as file:
+                size = os.fstat(file.fileno()).st_size
+                if size < MMAP_THRESHOLD:
+                    return file.read()
+                return mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
+        except FileNotFoundError:
+            raise ObjectNotFoundError(oid) from None
+        except OSError as exc:
+            raise StoreError(f"cannot read object {oid}: {exc}") from exc
+
+    def get_unverified(self, oid: ObjectId) -> bytes:
+        data = self._read(oid)
+        return data if isinstance(data, bytes) else data[:]
+
+    def contains(self, oid: ObjectId) -> bool:
+        return self._path(oid).is_file()
+
+    def iter_ids(self) -> Iterator[ObjectId]:
+        for fan in sorted(self._objects.iterdir()):
+            for file in sorted(fan.iterdir()):
+                yield ObjectId(fan.name + file.name)
+
+    def commits_with_prefix(self, prefix: str) -> list[ObjectId]:
+        rows = self._db.execute(
+            "SELECT id FROM commits WHERE id >= ? AND id < ? ORDER BY id",
+            (prefix, prefix + "g"),
+        ).fetchall()
+        return [ObjectId(row[0]) for row in rows]
+
+    def indexed_commit(self, oid: ObjectId) -> Commit | None:
+        row = self._db.execute("SELECT payload FROM commits WHERE id = ?", (oid,)).fetchone()
+        return Commit.decode(row[0]) if row else None
+
+
+class SqliteRefStore:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def get_ref(self, name: str) -> ObjectId | None:
+        row = self._db.execute("SELECT target FROM refs WHERE name = ?", (name,)).fetchone()
+        return ObjectId(row[0]) if row else None
+
+    def set_ref(self, name: str, new: ObjectId, expected: ObjectId | None) -> None:
+        validate_ref_name(name)
+        if expected is None:
+            try:
+                self._db.execute("INSERT INTO refs (name, target) VALUES (?, ?)", (name, new))
+                return
+            except sqlite3.IntegrityError:
+                raise RefConflictError(name, None, self.get_ref(name)) from None
+        cursor = self._db.execute(
+            "UPDATE refs SET target = ? WHERE name = ? AND target = ?", (new, name, expected)
+        )
+        if cursor.rowcount != 1:
+            raise RefConflictError(name, expected, self.get_ref(name))
+
+    def delete_ref(self, name: str, expected: ObjectId) -> None:
+        cursor = self._db.execute(
+            "DELETE FROM refs WHERE name = ? AND target = ?", (name, expected)
+        )
+        if cursor.rowcount != 1:
+            raise RefConflictError(name, expected, self.get_ref(name))
+
+    def list_refs(self, prefix: str = "") -> dict[str, ObjectId]:
+        rows = self._db.execute("SELECT name, target FROM refs ORDER BY name").fetchall()
+        return {name: ObjectId(target) for name, target in rows if name.startswith(prefix)}
+
+    def get_setting(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
+        return str(row[0]) if row else None
+
+    def set_setting(self, key: str, value: str) -> None:
+        self._db.execute(
+            "INSERT INTO settings (key, value) VALUES (?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+
+
+def create_store_dir(path: Path) -> None:
+    """Lay out an empty store in ``path`` (which may exist but must not hold one)."""
+    if is_store_dir(path):
+        raise StoreError(f"{path} already holds a fedvc repository")
+    (path / "objects").mkdir(parents=True, exist_ok=True)
+    (path / "tmp").mkdir(exist_ok=True)
+    db = Database(path / DATABASE)
+    db.execute(
+        "INSERT OR IGNORE INTO settings (key, value) VALUES ('format', ?)", (FORMAT_VERSION,)
+    )
+    db.close()
+
+
+def open_store_dir(path: Path) -> tuple[DiskObjectStore, SqliteRefStore]:
+    """Open the object and ref stores of an existing store directory."""
+    if not is_store_dir(path):
+        raise StoreError(f"{path} is not a fedvc repository (no {DATABASE} and objects/)")
+    db = Database(path / DATABASE)
+    refs = SqliteRefStore(db)
+    version = refs.get_setting("format")
+    if version != FORMAT_VERSION:
+        raise StoreError(
+            f"{path} uses repository format {version!r}, this fedvc reads format "
+            f"{FORMAT_VERSION!r}; upgrade fedvc"
+        )
+    return DiskObjectStore(path, db), refs

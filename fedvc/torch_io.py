@@ -1,0 +1,176 @@
+"""The bridge between PyTorch tensors and fedvc parameter maps.
+
+This is the only core module that imports torch, so the rest of fedvc (storage, hashing,
+merging) stays usable, and importable, without it. Conversions are zero-copy where that is
+safe: a CPU tensor becomes a read-only numpy view of the same memory, so snapshotting a large
+model costs nothing, and fedvc cannot write through the view into a parameter behind
+autograd's back. The flip side is aliasing: training the module further changes the view, so
+store or copy a snapshot before the next optimizer step if you need it frozen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import numpy as np
+import torch
+
+from fedvc.tensors import ParamMap, TensorError, as_param_map, canonical_array, dtype_name
+
+_TORCH_DTYPES: dict[str, torch.dtype] = {
+    "bool": torch.bool,
+    "uint8": torch.uint8,
+    "int8": torch.int8,
+    "uint16": torch.uint16,
+    "int16": torch.int16,
+    "uint32": torch.uint32,
+    "int32": torch.int32,
+    "uint64": torch.uint64,
+    "int64": torch.int64,
+    "float16": torch.float16,
+    "float32": torch.float32,
+    "float64": torch.float64,
+}
+"""fedvc canonical dtype name → torch dtype (the twelve of ``tensors.DTYPES``)."""
+_SUPPORTED = frozenset(_TORCH_DTYPES.values())
+_MAX_LISTED = 10
+
+
+def tensor_to_numpy(t: object, name: str = "tensor") -> np.ndarray:
+    """Return ``t`` as a read-only numpy array, copying only when the data is not on the CPU
+    or not contiguous.
+
+    ``t`` is typed ``object`` because ``tensors.to_numpy`` hands over anything from the torch
+    namespace; anything that is not a dense, real ``torch.Tensor`` raises ``TensorError``.
+    """
+    if not isinstance(t, torch.Tensor):
+        raise TensorError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+    if t.dtype not in _SUPPORTED:
+        raise TensorError(_unsupported_dtype(t, name))
+    if t.layout != torch.strided:
+        raise TensorError(f"{name} has layout {t.layout}; convert it with .to_dense() first")
+    if t.is_meta:
+        raise TensorError(f"{name} is a meta tensor and has no data; materialize the module first")
+    try:
+        array = t.detach().cpu().resolve_neg().contiguous().numpy()
+    except (RuntimeError, TypeError) as exc:  # exotic subclasses, unsupported dtypes
+        raise TensorError(f"{name} ({t.dtype}) cannot be converted to numpy: {exc}") from exc
+    array.flags.writeable = False
+    return array
+
+
+def _unsupported_dtype(t: torch.Tensor, name: str) -> str:
+    dtype = str(t.dtype).removeprefix("torch.")
+    if t.dtype == torch.bfloat16 or dtype.startswith("float8"):
+        plan = "; bfloat16 storage is planned" if t.dtype == torch.bfloat16 else ""
+        return (
+            f"{name} has dtype {dtype}, which fedvc cannot store yet: convert with .float() "
+            f"first{plan}"
+        )
+    if t.is_quantized:
+        return f"{name} is quantized ({dtype}); store the float weights (.dequantize()) instead"
+    if t.is_complex():
+        return (
+            f"{name} is complex ({dtype}); store its real and imaginary parts "
+            "(torch.view_as_real) as separate float tensors"
+        )
+    return (
+        f"{name} has unsupported dtype {dtype}; fedvc stores {', '.join(_TORCH_DTYPES)}: "
+        "convert it (for example with .float()) first"
+    )
+
+
+def state_dict_to_params(state_dict: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """Convert a PyTorch ``state_dict`` into a validated ``ParamMap`` (views, not copies)."""
+    if not isinstance(state_dict, Mapping):
+        raise TensorError(
+            f"expected a state_dict (mapping of name to tensor), got {type(state_dict).__name__}"
+        )
+    converted: dict[str, object] = {}
+    for key, value in state_dict.items():
+        # converting here, not in as_param_map, so that errors name the tensor
+        converted[key] = (
+            tensor_to_numpy(value, f"tensor {key!r}") if isinstance(value, torch.Tensor) else value
+        )
+    return as_param_map(converted)
+
+
+def params_to_state_dict(
+    params: ParamMap, device: str | torch.device | None = None
+) -> dict[str, torch.Tensor]:
+    """Convert a ``ParamMap`` into torch tensors with exactly the same dtypes and shapes.
+
+    A writable, aligned, native-order array is shared with its tensor (no copy); a read-only
+    one, like those ``tensor_files.read_safetensors`` returns, is copied first, because torch
+    has no read-only tensors and would warn that writes are undefined behaviour.
+    """
+    result: dict[str, torch.Tensor] = {}
+    for name, array in as_param_map(params).items():
+        canonical = canonical_array(array)
+        if not canonical.flags.writeable or not canonical.flags.aligned:
+            canonical = canonical.copy()
+        tensor = torch.from_numpy(canonical)
+        result[name] = tensor if device is None else tensor.to(device)
+    return result
+
+
+def module_params(module: torch.nn.Module) -> dict[str, np.ndarray]:
+    """The module's ``state_dict`` (parameters and persistent buffers) as a ``ParamMap``."""
+    return state_dict_to_params(module.state_dict())
+
+
+def load_into_module(module: torch.nn.Module, params: ParamMap, strict: bool = True) -> None:
+    """Copy ``params`` into ``module`` in place, checking names, shapes and dtypes first.
+
+    With ``strict`` the names must match the module's ``state_dict`` exactly; without it,
+    only the common names are loaded. Shapes and dtypes must always match: torch would cast
+    dtypes silently, and a lossy cast is exactly the kind of drift version control exists
+    to catch. Nothing is copied unless every check passes.
+    """
+    arrays = as_param_map(params)
+    target = module.state_dict()
+    kind = type(module).__name__
+    missing = sorted(set(target) - set(arrays))
+    unexpected = sorted(set(arrays) - set(target))
+    problems: list[str] = []
+    hints: list[str] = []
+    if strict and (missing or unexpected):
+        if missing:
+            problems.append(f"missing {len(missing)} tensor(s) the module has: {_listing(missing)}")
+        if unexpected:
+            problems.append(
+                f"{len(unexpected)} unexpected tensor(s) the module lacks: {_listing(unexpected)}"
+            )
+        hints.append(
+            "Check that the params come from the same architecture, or pass strict=False "
+            "to load only the common names."
+        )
+    mismatched = []
+    common = sorted(set(arrays) & set(target))
+    for name in common:
+        theirs, ours = target[name], arrays[name]
+        if tuple(theirs.shape) != ours.shape:
+            mismatched.append(f"{name!r} params {list(ours.shape)} vs module {list(theirs.shape)}")
+        elif _TORCH_DTYPES[dtype_name(ours.dtype)] != theirs.dtype:
+            mismatched.append(f"{name!r} params {dtype_name(ours.dtype)} vs module {theirs.dtype}")
+    if mismatched:
+        problems.append(f"{len(mismatched)} shape/dtype mismatch(es): {_listing(mismatched, str)}")
+        hints.append(
+            "Shapes must match the architecture and dtypes must match exactly: convert the "
+            "params or the module (for example module.double()) explicitly; fedvc never "
+            "casts silently."
+        )
+    if problems:
+        raise TensorError(
+            f"cannot load params into {kind}: {'; '.join(problems)}. {' '.join(hints)}"
+        )
+    tensors = params_to_state_dict({name: arrays[name] for name in common})
+    try:
+        module.load_state_dict(tensors, strict=strict)
+    except RuntimeError as exc:  # a custom _load_from_state_dict hook refusing the data
+        raise TensorError(f"cannot load params into {kind}: {exc}") from exc
+
+
+def _listing(items: list[str], show: Callable[[str], str] = repr) -> str:
+    shown = ", ".join(map(show, items[:_MAX_LISTED]))
+    return shown + (f", ... ({len(items) - _MAX_LISTED} more)" if len(items) > _MAX_LISTED else "")
