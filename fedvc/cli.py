@@ -145,6 +145,8 @@ def cmd_log(args: argparse.Namespace) -> int:
         print(render.summary_line(oid, commit, labels.get(oid, ())))
         key = PublicKey.from_hex(commit.author).key_id if commit.author else "-"
         print(f"    {render.date(commit.timestamp)}  key {key}  {_signature_state(commit)}")
+        if commit.metadata:
+            print(f"    {render.metadata_brief(commit.metadata)}")
     return 0
 
 

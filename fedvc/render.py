@@ -57,6 +57,18 @@ def date(timestamp: int) -> str:
     )
 
 
+def metadata_brief(metadata: Mapping[str, object], width: int = 100) -> str:
+    """Scalar metadata as ``key=value`` pairs on one line, nested values elided."""
+    pairs = [
+        f"{key}={number(value) if isinstance(value, float) else value}"
+        for key, value in sorted(metadata.items())
+        if isinstance(value, (str, int, float, bool)) or value is None
+    ]
+    nested = len(metadata) - len(pairs)
+    text = " ".join(pairs) + (f" (+{nested} nested)" if nested else "")
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
 def summary_line(oid: ObjectId, commit: Commit, labels: Sequence[str] = ()) -> str:
     """``<short id> (labels) <first line of message>``, as in ``git log --oneline``."""
     decoration = f" ({', '.join(labels)})" if labels else ""

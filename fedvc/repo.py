@@ -136,6 +136,18 @@ class Repository:
             "or pass --repo DIR"
         )
 
+    def close(self) -> None:
+        """Release the store's files and database connection (a no-op in memory)."""
+        close = getattr(self.objects, "close", None)
+        if close is not None:
+            close()
+
+    def __enter__(self) -> Repository:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
     # -- writing -----------------------------------------------------------------------
 
     def write_snapshot(self, params: Mapping[str, object]) -> ObjectId:

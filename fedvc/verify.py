@@ -177,7 +177,7 @@ def _describe_commit_damage(repo: Repository, oid: ObjectId, exc: CorruptObjectE
         return _first_clause(exc)
     expected = {**original.unsigned_json(), "signature": original.signature}
     edited = [
-        f"{name} (was {_brief(expected.get(name))}, now {_brief(found.get(name))})"
+        _field_change(name, expected.get(name), found.get(name))
         for name in sorted(COMMIT_FIELDS | set(found))
         if expected.get(name) != found.get(name)
     ]
@@ -187,6 +187,22 @@ def _describe_commit_damage(repo: Repository, oid: ObjectId, exc: CorruptObjectE
 
 def _first_clause(exc: Exception) -> str:
     return str(exc).split(";")[0]
+
+
+def _field_change(name: str, was: object, now: object) -> str:
+    """How one field changed; parent lists as short ids, with which ones left or came."""
+    if name == "parents" and isinstance(was, list) and isinstance(now, list):
+        removed = [short_id(str(p)) for p in was if p not in now]
+        added = [short_id(str(p)) for p in now if p not in was]
+        moves = f"; removed {removed or 'none'}, added {added or 'none'}"
+        return f"parents (was {_ids(was)}, now {_ids(now)}{moves})"
+    return f"{name} (was {_brief(was)}, now {_brief(now)})"
+
+
+def _ids(parents: list[object], limit: int = 8) -> str:
+    shown = [short_id(str(p)) for p in parents[:limit]]
+    more = f" +{len(parents) - limit} more" if len(parents) > limit else ""
+    return f"[{' '.join(shown)}{more}]"
 
 
 def _brief(value: object) -> str:
@@ -229,7 +245,7 @@ def _check_blob(
     try:
         stored = repo.objects.get(blob)
     except ObjectNotFoundError:
-        report.problems.append(Problem("missing", blob, where, "blob is not in the store"))
+        report.problems.append(Problem("missing", blob, where, f"blob {blob} is not in the store"))
         return
     except (CorruptObjectError, StoreError) as exc:
         report.problems.append(Problem("corrupt", blob, where, _first_clause(exc)))
@@ -241,6 +257,7 @@ def _check_blob(
                 "malformed",
                 blob,
                 where,
-                f"expected a blob of {nbytes} bytes, found a {stored.kind} of {len(stored.payload)}",
+                f"object {blob}: expected a blob of {nbytes} bytes, found a {stored.kind} of "
+                f"{len(stored.payload)}",
             )
         )

@@ -15,7 +15,14 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from fedvc.errors import FedvcError
-from fedvc.objects import Commit, MalformedObjectError, ObjectId, ObjectKind, decode_payload
+from fedvc.objects import (
+    OBJECT_KINDS,
+    Commit,
+    MalformedObjectError,
+    ObjectId,
+    ObjectKind,
+    decode_payload,
+)
 
 
 class StoreError(FedvcError):
@@ -57,22 +64,27 @@ class InvalidRefNameError(StoreError):
     pass
 
 
-_REF_NAME = re.compile(r"(refs/(heads|tags)/)?[A-Za-z0-9_][A-Za-z0-9._/-]*\Z")
+_REF_BODY = re.compile(r"[A-Za-z0-9._/-]+\Z")
 
 
 def validate_ref_name(name: str) -> str:
-    """Accept Git-like ref names: letters, digits, ``._/-``; no ``..``, ``//`` or ``.lock``."""
+    """Accept Git-like ref names: letters, digits and ``._/-``; no component starts with
+    ``.`` or ``-``; no ``..``, empty component or trailing ``.lock``."""
+    body = name
+    for prefix in ("refs/heads/", "refs/tags/"):
+        if isinstance(name, str) and name.startswith(prefix):
+            body = name[len(prefix) :]
     if (
         not isinstance(name, str)
         or len(name) > 255
-        or not _REF_NAME.match(name)
-        or ".." in name
-        or "//" in name
-        or name.endswith(("/", ".", ".lock"))
+        or not _REF_BODY.match(body)
+        or ".." in body
+        or any(not part or part[0] in ".-" for part in body.split("/"))
+        or body.endswith((".", ".lock"))
     ):
         raise InvalidRefNameError(
-            f"invalid ref name {name!r}: use letters, digits and ._/- (not starting with "
-            "'.', '/' or '-', no '..' or '//', not ending in '/', '.' or '.lock')"
+            f"invalid ref name {name!r}: use letters, digits and ._/- (no part starting with "
+            "'.' or '-', no '..' or '//', not ending in '/', '.' or '.lock')"
         )
     return name
 
@@ -83,6 +95,11 @@ def check_payload(kind: ObjectKind, payload: bytes | memoryview) -> Commit | Non
     A store never holds a snapshot or commit that fedvc could not decode, so every later
     reader can trust structure as long as the hash matches.
     """
+    if kind not in OBJECT_KINDS:
+        raise MalformedObjectError(
+            f"refusing to store an object of unknown kind {kind!r}: expected one of "
+            f"{', '.join(OBJECT_KINDS)}"
+        )
     try:
         decoded = decode_payload(kind, payload)
     except MalformedObjectError as exc:

@@ -77,6 +77,7 @@ class Database:
                 raise StoreError(f"repository database {self.path}: {exc}") from exc
 
     def close(self) -> None:
+        """Close the connection (idempotent); SQLite then folds its write-ahead log back."""
         with self._lock:
             self._conn.close()
 
@@ -167,6 +168,9 @@ class DiskObjectStore:
             for file in sorted(fan.iterdir()):
                 yield ObjectId(fan.name + file.name)
 
+    def close(self) -> None:
+        self._db.close()
+
     def commits_with_prefix(self, prefix: str) -> list[ObjectId]:
         rows = self._db.execute(
             "SELECT id FROM commits WHERE id >= ? AND id < ? ORDER BY id",
@@ -245,6 +249,7 @@ def open_store_dir(path: Path) -> tuple[DiskObjectStore, SqliteRefStore]:
     refs = SqliteRefStore(db)
     version = refs.get_setting("format")
     if version != FORMAT_VERSION:
+        db.close()
         raise StoreError(
             f"{path} uses repository format {version!r}, this fedvc reads format "
             f"{FORMAT_VERSION!r}; upgrade fedvc"
