@@ -1,0 +1,199 @@
+"""What a merge strategy is: a pure ``(init, merge)`` pair with a serializable spec.
+
+In the style of optax, behaviour is small pure functions built by factories
+(``fedavg()``, ``trimmed_mean(beta=0.1)``) and composed with ``chain``:
+
+- ``init(base) -> state``: the server state before the first round (``{}`` for most).
+- ``merge(base, updates, state) -> (params, state)``: one round's new model.
+
+State is a flat ``ParamMap`` (``"m/fc1.weight"`` → array), so the round engine can store it
+as an ordinary snapshot next to the merge commit and replay any merge later.
+
+Strategies that can take updates one at a time also offer ``accumulate(base, state)``,
+an ``Accumulator`` that holds O(model) memory however many clients report; their
+``merge`` is built from it, so both paths give the same bits. ``UpdateTransform``s
+(clipping, alignment) rewrite updates before a strategy sees them.
+
+Every strategy carries a ``StrategySpec`` (name + JSON parameters + children for
+``chain``), recorded in every merge commit; ``fedvc.merge.registry`` turns a spec back
+into the strategy.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
+
+import numpy as np
+
+from fedvc.errors import FedvcError
+from fedvc.tensors import ParamMap
+
+State = dict[str, np.ndarray]
+"""Server state between rounds: a flat parameter map (empty for stateless strategies)."""
+
+
+class MergeError(FedvcError):
+    """A merge cannot be computed from these inputs (no updates, mismatched models...)."""
+
+
+@dataclass(frozen=True)
+class StrategySpec:
+    """A strategy's name and parameters: enough to rebuild it from the registry."""
+
+    name: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+    children: tuple[StrategySpec, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        value: dict[str, Any] = {"name": self.name, "params": dict(self.params)}
+        if self.children:
+            value["children"] = [child.to_json() for child in self.children]
+        return value
+
+    @classmethod
+    def from_json(cls, value: Mapping[str, Any]) -> StrategySpec:
+        if not isinstance(value, Mapping) or not isinstance(value.get("name"), str):
+            raise MergeError(
+                f"a strategy spec is {{'name': str, 'params': {{...}}}}, got {value!r}"
+            )
+        params = value.get("params", {})
+        if not isinstance(params, Mapping):
+            raise MergeError(
+                f"strategy {value['name']!r}: 'params' must be an object, got {params!r}"
+            )
+        children = tuple(cls.from_json(child) for child in value.get("children", ()))
+        return cls(value["name"], dict(params), children)
+
+    def __str__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in sorted(self.params.items()))
+        inner = ", ".join(str(child) for child in self.children)
+        return f"{self.name}({', '.join(filter(None, [inner, args]))})"
+
+
+@dataclass(frozen=True)
+class Update:
+    """One client's contribution to a round.
+
+    ``params`` is the client's whole model after local training (strategies that need a
+    delta compute ``params - base``); ``weight`` is how much it counts (usually its number
+    of training examples); ``fisher`` is its diagonal Fisher information when the client
+    sent one; ``extras`` holds anything else attached to it (optimizer moments), which an
+    alignment permutes together with ``params``. ``client`` is a stable id (the update's
+    commit id): updates are merged in ``client`` order, so the same inputs give the same
+    bits whatever order they arrived in.
+    """
+
+    params: ParamMap
+    weight: float = 1.0
+    client: str = ""
+    fisher: ParamMap | None = None
+    extras: Mapping[str, ParamMap] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not math.isfinite(self.weight) or self.weight < 0:
+            raise MergeError(
+                f"update {self.client!r}: weight must be finite and ≥ 0, got {self.weight}"
+            )
+
+    def with_params(self, params: ParamMap, **changes: Any) -> Update:
+        return replace(self, params=params, **changes)
+
+
+class Accumulator(Protocol):
+    """Takes updates one at a time and holds O(model) memory."""
+
+    def add(self, update: Update) -> None: ...
+
+    def finish(self) -> tuple[dict[str, np.ndarray], State]: ...
+
+
+InitFn = Callable[[ParamMap | None], State]
+MergeFn = Callable[[ParamMap | None, Sequence[Update], State], tuple[dict[str, np.ndarray], State]]
+AccumulateFn = Callable[[ParamMap | None, State], Accumulator]
+
+
+@dataclass(frozen=True)
+class MergeStrategy:
+    """A merge strategy: ``init`` and ``merge``, plus ``accumulate`` when it can stream."""
+
+    spec: StrategySpec
+    init: InitFn
+    merge: MergeFn
+    accumulate: AccumulateFn | None = None
+
+    @property
+    def streams(self) -> bool:
+        return self.accumulate is not None
+
+
+def streaming_strategy(spec: StrategySpec, init: InitFn, accumulate: AccumulateFn) -> MergeStrategy:
+    """A strategy whose batch ``merge`` feeds its accumulator, so both paths agree bit for bit."""
+
+    def merge(
+        base: ParamMap | None, updates: Sequence[Update], state: State
+    ) -> tuple[dict[str, np.ndarray], State]:
+        accumulator = accumulate(base, state)
+        for update in ordered(updates):
+            accumulator.add(update)
+        return accumulator.finish()
+
+    return MergeStrategy(spec, init, merge, accumulate)
+
+
+def stateless(_: ParamMap | None) -> State:
+    return {}
+
+
+@dataclass(frozen=True)
+class UpdateTransform:
+    """Rewrites a round's updates before a strategy merges them (clip, align, sparsify).
+
+    ``apply_one`` is given when the transform treats each update on its own, which lets a
+    chain of such transforms and a streaming strategy stream as a whole.
+    """
+
+    spec: StrategySpec
+    apply: Callable[[ParamMap | None, Sequence[Update]], list[Update]]
+    apply_one: Callable[[ParamMap | None, Update], Update] | None = None
+
+
+def per_update(
+    spec: StrategySpec, transform: Callable[[ParamMap | None, Update], Update]
+) -> UpdateTransform:
+    """An ``UpdateTransform`` that rewrites every update independently."""
+
+    def apply(base: ParamMap | None, updates: Sequence[Update]) -> list[Update]:
+        return [transform(base, update) for update in updates]
+
+    return UpdateTransform(spec, apply, transform)
+
+
+def ordered(updates: Iterable[Update]) -> list[Update]:
+    """Updates in canonical order (by client id), so merges do not depend on arrival order."""
+    return sorted(updates, key=lambda update: update.client)
+
+
+def require_updates(updates: Sequence[Update], name: str) -> None:
+    if not updates:
+        raise MergeError(f"{name}: a merge needs at least one update, got none")
+
+
+def check_same_structure(base: ParamMap | None, updates: Sequence[Update]) -> None:
+    """All updates (and the base) name the same tensors with the same shapes."""
+    reference = base if base is not None else updates[0].params
+    for update in updates:
+        if update.params.keys() != reference.keys():
+            missing = sorted(set(reference) - set(update.params))[:5]
+            extra = sorted(set(update.params) - set(reference))[:5]
+            raise MergeError(
+                f"update {update.client!r} has different tensors: missing {missing}, extra {extra}"
+            )
+        for name, array in update.params.items():
+            if array.shape != reference[name].shape:
+                raise MergeError(
+                    f"update {update.client!r}: tensor {name!r} has shape {array.shape}, "
+                    f"expected {reference[name].shape}"
+                )
