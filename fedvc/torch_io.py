@@ -174,3 +174,70 @@ def load_into_module(module: torch.nn.Module, params: ParamMap, strict: bool = T
 def _listing(items: list[str], show: Callable[[str], str] = repr) -> str:
     shown = ", ".join(map(show, items[:_MAX_LISTED]))
     return shown + (f", ... ({len(items) - _MAX_LISTED} more)" if len(items) > _MAX_LISTED else "")
+
+
+def collect_activations(
+    module: torch.nn.Module, inputs: np.ndarray, layers: Mapping[str, str]
+) -> dict[str, np.ndarray]:
+    """Run ``inputs`` through ``module`` and return, per permutation name, the outputs of
+    the submodule ``layers`` names for it, as ``(n_samples, width)`` float arrays.
+
+    This is what ``fedvc.align.activation_matching`` consumes: run two models on the same
+    inputs and match units whose activations agree. Outputs with more than two axes follow
+    PyTorch's channels-first convention (``(N, C, *spatial)``, as Conv and BatchNorm
+    produce), and every spatial position counts as a sample, so a channel's rows are all
+    the values it took. The module runs in eval mode without gradients (so BatchNorm uses,
+    and does not update, its running statistics); its training flags are restored after.
+    """
+    targets: dict[str, torch.nn.Module] = {}
+    for perm, path in layers.items():
+        try:
+            targets[perm] = module.get_submodule(path)
+        except AttributeError:
+            names = [name for name, _ in module.named_modules() if name]
+            raise TensorError(
+                f"{type(module).__name__} has no submodule {path!r} (for {perm!r}); "
+                f"it has {_listing(names)}"
+            ) from None
+    first = next(module.parameters(), None)
+    dtype = None if first is None else first.dtype
+    if dtype is not None and _TORCH_DTYPES[dtype_name(inputs.dtype)] != dtype:
+        raise TensorError(
+            f"inputs are {dtype_name(inputs.dtype)} but the module's parameters are "
+            f"{str(dtype).removeprefix('torch.')}: convert the inputs (for example with "
+            ".astype(np.float32)); fedvc never casts silently"
+        )
+    recorded: dict[str, list[torch.Tensor]] = {perm: [] for perm in targets}
+
+    def recorder(perm: str) -> Callable[[torch.nn.Module, object, object], None]:
+        def hook(_: torch.nn.Module, __: object, output: object) -> None:
+            if not isinstance(output, torch.Tensor) or output.ndim < 2:
+                raise TensorError(
+                    f"submodule {layers[perm]!r} (for {perm!r}) must output one tensor of "
+                    f"shape (N, C, ...), got {type(output).__name__}"
+                )
+            channels = output.detach().movedim(1, -1) if output.ndim > 2 else output.detach()
+            recorded[perm].append(channels.reshape(-1, channels.shape[-1]).cpu())
+
+        return hook
+
+    modes = [(m, m.training) for m in module.modules()]
+    handles = [target.register_forward_hook(recorder(perm)) for perm, target in targets.items()]
+    try:
+        module.eval()
+        with torch.no_grad():
+            array = np.ascontiguousarray(inputs)
+            batch = torch.from_numpy(array if array.flags.writeable else array.copy())
+            module(batch if first is None else batch.to(first.device))
+    finally:
+        for handle in handles:
+            handle.remove()
+        for m, training in modes:
+            m.training = training
+    silent = [f"{layers[perm]!r}" for perm, parts in recorded.items() if not parts]
+    if silent:
+        raise TensorError(
+            f"submodule(s) {', '.join(silent)} never ran during the forward pass: "
+            "name modules that the model's forward actually calls"
+        )
+    return {perm: torch.cat(parts).numpy() for perm, parts in recorded.items()}

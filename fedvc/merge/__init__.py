@@ -12,7 +12,10 @@ from fedvc.merge.base import (
 )
 from fedvc.merge.compose import chain
 from fedvc.merge.fedavg import fedadagrad, fedadam, fedavg, fedavgm, fedyogi
+from fedvc.merge.fisher import fisher
 from fedvc.merge.registry import make, register, strategy_from_spec
+from fedvc.merge.robust import clip_by_norm, krum, median, multikrum, trimmed_mean
+from fedvc.merge.task import dare, slerp, task_arithmetic, ties
 
 __all__ = [
     "Accumulator",
@@ -23,12 +26,22 @@ __all__ = [
     "Update",
     "UpdateTransform",
     "chain",
+    "clip_by_norm",
+    "dare",
     "fedadagrad",
     "fedadam",
     "fedavg",
     "fedavgm",
     "fedyogi",
+    "fisher",
+    "krum",
     "make",
+    "median",
+    "multikrum",
     "register",
+    "slerp",
     "strategy_from_spec",
+    "task_arithmetic",
+    "ties",
+    "trimmed_mean",
 ]

@@ -19,6 +19,9 @@ from typing import Any
 from fedvc.merge.base import MergeError, MergeStrategy, StrategySpec, UpdateTransform
 from fedvc.merge.compose import chain
 from fedvc.merge.fedavg import fedadagrad, fedadam, fedavg, fedavgm, fedyogi
+from fedvc.merge.fisher import fisher
+from fedvc.merge.robust import clip_by_norm, krum, median, multikrum, trimmed_mean
+from fedvc.merge.task import dare, slerp, task_arithmetic, ties
 
 Factory = Callable[..., MergeStrategy | UpdateTransform]
 ENTRY_POINT_GROUP = "fedvc.strategies"
@@ -29,6 +32,16 @@ BUILTIN: dict[str, Factory] = {
     "fedadam": fedadam,
     "fedyogi": fedyogi,
     "fedadagrad": fedadagrad,
+    "fisher": fisher,
+    "median": median,
+    "trimmed_mean": trimmed_mean,
+    "krum": krum,
+    "multikrum": multikrum,
+    "clip_by_norm": clip_by_norm,
+    "task_arithmetic": task_arithmetic,
+    "ties": ties,
+    "dare": dare,
+    "slerp": slerp,
 }
 _registered: dict[str, Factory] = {}
 
