@@ -1,26 +1,16 @@
-"""``fedvc``: the command line over ``Repository`` (init, keygen, commit, log, show, diff,
-checkout, branch, tag, verify).
-
-Each command is a small function from parsed arguments to printed text; all real work is
-in the library. Exit codes: 0 success, 1 a check failed (``verify``), 2 bad input or a
-fedvc error (the message says what was expected, what came, and what to do).
-"""
+"""Repository commands: init, keygen, commit, log, show, checkout, branch, tag, verify."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import math
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from fedvc import render
-from fedvc.diff import ParamDiff, diff_params
-from fedvc.errors import FedvcError
+from fedvc.cli.common import UsageError, open_repo, print_json
 from fedvc.objects import Commit, ObjectId, short_id
 from fedvc.repo import Repository
 from fedvc.signing import (
@@ -32,23 +22,6 @@ from fedvc.signing import (
 )
 from fedvc.tensor_files import load_params, save_params
 from fedvc.verify import verify
-
-MODEL_SUFFIXES = (".safetensors", ".npz")
-
-
-class UsageError(FedvcError):
-    pass
-
-
-def _repo(args: argparse.Namespace) -> Repository:
-    return Repository.open(args.repo) if args.repo else Repository.discover()
-
-
-def _print_json(value: Any) -> None:
-    print(json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False))
-
-
-# -- commands ----------------------------------------------------------------------------
 
 
 def cmd_init(args: argparse.Namespace) -> int:
@@ -86,7 +59,7 @@ def parse_meta(items: Sequence[str]) -> dict[str, Any]:
 
 
 def cmd_commit(args: argparse.Namespace) -> int:
-    repo = _repo(args)
+    repo = open_repo(args)
     params = load_params(args.model)
     signer = SigningKey.load(args.key) if args.key else None
     oid = repo.commit_params(
@@ -132,10 +105,10 @@ def _signature_state(commit: Commit) -> str:
 
 
 def cmd_log(args: argparse.Namespace) -> int:
-    repo = _repo(args)
+    repo = open_repo(args)
     entries = repo.log(args.rev, limit=args.max_count, first_parent=args.first_parent)
     if args.json:
-        _print_json([commit_json(oid, c) for oid, c in entries])
+        print_json([commit_json(oid, c) for oid, c in entries])
         return 0
     labels = _labels(repo)
     if args.graph:
@@ -151,12 +124,12 @@ def cmd_log(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    repo = _repo(args)
+    repo = open_repo(args)
     oid = repo.resolve(args.rev)
     commit = repo.get_commit(oid)
     snapshot = repo.get_snapshot(commit.snapshot)
     if args.json:
-        _print_json(
+        print_json(
             {
                 **commit_json(oid, commit),
                 "tensors": {n: e.to_json() for n, e in snapshot.tensors.items()},
@@ -199,79 +172,8 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_model(
-    repo: Repository | None, spec: str
-) -> tuple[dict[str, np.ndarray], dict[str, ObjectId]]:
-    """A model from a file or a revision, with blob ids when it came from the repository."""
-    path = Path(spec)
-    if path.suffix in MODEL_SUFFIXES and path.is_file():
-        return load_params(path), {}
-    if repo is None:
-        raise UsageError(f"{spec!r} is not a model file and no repository was found to resolve it")
-    snapshot = repo.get_commit(repo.resolve(spec)).snapshot
-    entries = repo.get_snapshot(snapshot).tensors
-    return repo.read_snapshot(snapshot), {n: e.blob for n, e in entries.items()}
-
-
-def cmd_diff(args: argparse.Namespace) -> int:
-    try:
-        repo: Repository | None = _repo(args)
-    except FedvcError:
-        repo = None
-    a, blobs_a = _load_model(repo, args.a)
-    b, blobs_b = _load_model(repo, args.b)
-
-    def known_equal(name: str) -> bool:
-        return name in blobs_a and blobs_a.get(name) == blobs_b.get(name)
-
-    result = diff_params(a, b, known_equal=known_equal)
-    if args.json:
-        _print_json(result.to_json())
-    else:
-        print("\n".join(diff_lines(result, show_all=args.all)))
-    return 0
-
-
-def diff_lines(result: ParamDiff, *, show_all: bool) -> list[str]:
-    shown = result.tensors if show_all else result.differences
-    rows = [
-        (
-            t.status,
-            t.name,
-            t.new_dtype or t.old_dtype,
-            _shape(t.new_shape or t.old_shape),
-            t.l2,
-            t.relative,
-            t.cosine,
-            t.changed_fraction,
-        )
-        for t in shown
-    ]
-    lines = (
-        render.table(
-            ["status", "tensor", "dtype", "shape", "l2", "relative", "cosine", "changed"],
-            rows,
-            "llllrrrr",
-        )
-        if rows
-        else ["no tensor differs"]
-    )
-    counts = ", ".join(f"{n} {status}" for status, n in result.counts.items() if n)
-    lines += [
-        "",
-        f"summary: {counts or 'no tensors'}",
-        f"  l2 {render.number(result.total_l2)}, relative {render.number(result.total_relative)}, "
-        f"cosine {render.number(result.cosine)}, entries changed {render.number(result.changed_fraction)}",
-    ]
-    return lines
-
-
-def _shape(shape: tuple[int, ...] | None) -> str:
-    return "-" if shape is None else "x".join(map(str, shape)) or "scalar"
-
-
 def cmd_checkout(args: argparse.Namespace) -> int:
-    repo = _repo(args)
+    repo = open_repo(args)
     oid = repo.resolve(args.rev)
     params = repo.read_snapshot(repo.get_commit(oid).snapshot)
     out = Path(args.output)
@@ -284,7 +186,7 @@ def cmd_checkout(args: argparse.Namespace) -> int:
 
 def _ref_command(kind: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
-        repo = _repo(args)
+        repo = open_repo(args)
         if args.name is None:
             current = repo.head_branch if kind == "branch" else None
             refs = repo.branches() if kind == "branch" else repo.tags()
@@ -319,11 +221,11 @@ def _trust(specs: Sequence[str]) -> tuple[TrustStore | None, frozenset[str]]:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    repo = _repo(args)
+    repo = open_repo(args)
     trust, trusted_ids = _trust(args.trust)
     report = verify(repo, args.rev, trust, trusted_ids=trusted_ids)
     if args.json:
-        _print_json(report.to_json())
+        print_json(report.to_json())
         return 0 if report.ok else 1
     for problem in report.problems:
         print(f"error: {problem}")
@@ -338,14 +240,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 1
 
 
-# -- parser --------------------------------------------------------------------------------
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fedvc", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repo", metavar="DIR", help="repository (default: nearest .fedvc upward)")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("init", help="create a repository")
     p.add_argument("directory", nargs="?", default=".")
     p.add_argument(
@@ -380,13 +275,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=cmd_show)
 
-    p = sub.add_parser("diff", help="compare two models (revisions or files)")
-    p.add_argument("a")
-    p.add_argument("b")
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--all", action="store_true", help="list unchanged tensors too")
-    p.set_defaults(run=cmd_diff)
-
     p = sub.add_parser("checkout", help="write a revision's model to a file")
     p.add_argument("rev")
     p.add_argument("-o", "--output", required=True, help="OUT.safetensors or OUT.npz")
@@ -413,19 +301,3 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=cmd_verify)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return int(args.run(args))
-    except FedvcError as exc:
-        print(f"fedvc: error: {exc}", file=sys.stderr)
-        return 2
-    except BrokenPipeError:
-        return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

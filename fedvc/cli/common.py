@@ -1,0 +1,55 @@
+"""What every command shares: finding the repository, loading a model, printing JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedvc.errors import FedvcError
+from fedvc.objects import ObjectId
+from fedvc.repo import Repository
+from fedvc.tensor_files import load_params
+
+MODEL_SUFFIXES = (".safetensors", ".npz")
+
+
+class UsageError(FedvcError):
+    """A command line that cannot be carried out as given."""
+
+
+def open_repo(args: argparse.Namespace) -> Repository:
+    return Repository.open(args.repo) if args.repo else Repository.discover()
+
+
+def maybe_repo(args: argparse.Namespace) -> Repository | None:
+    """The repository if there is one: commands that also take files work without it."""
+    try:
+        return open_repo(args)
+    except FedvcError:
+        return None
+
+
+def print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False))
+
+
+def is_model_file(spec: str) -> bool:
+    path = Path(spec)
+    return path.suffix in MODEL_SUFFIXES and path.is_file()
+
+
+def load_model(
+    repo: Repository | None, spec: str
+) -> tuple[dict[str, np.ndarray], dict[str, ObjectId]]:
+    """A model from a file or a revision, with blob ids when it came from the repository."""
+    if is_model_file(spec):
+        return load_params(Path(spec)), {}
+    if repo is None:
+        raise UsageError(f"{spec!r} is not a model file and no repository was found to resolve it")
+    snapshot = repo.get_commit(repo.resolve(spec)).snapshot
+    entries = repo.get_snapshot(snapshot).tensors
+    return repo.read_snapshot(snapshot), {n: e.blob for n, e in entries.items()}
