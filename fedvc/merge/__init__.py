@@ -13,6 +13,7 @@ from fedvc.merge.base import (
 from fedvc.merge.compose import chain
 from fedvc.merge.fedavg import fedadagrad, fedadam, fedavg, fedavgm, fedyogi
 from fedvc.merge.fisher import fisher
+from fedvc.merge.matched import align, matched, matched_fisher
 from fedvc.merge.registry import make, register, strategy_from_spec
 from fedvc.merge.robust import clip_by_norm, krum, median, multikrum, trimmed_mean
 from fedvc.merge.task import dare, slerp, task_arithmetic, ties
@@ -25,6 +26,7 @@ __all__ = [
     "StrategySpec",
     "Update",
     "UpdateTransform",
+    "align",
     "chain",
     "clip_by_norm",
     "dare",
@@ -36,6 +38,8 @@ __all__ = [
     "fisher",
     "krum",
     "make",
+    "matched",
+    "matched_fisher",
     "median",
     "multikrum",
     "register",

@@ -20,6 +20,7 @@ from fedvc.merge.base import MergeError, MergeStrategy, StrategySpec, UpdateTran
 from fedvc.merge.compose import chain
 from fedvc.merge.fedavg import fedadagrad, fedadam, fedavg, fedavgm, fedyogi
 from fedvc.merge.fisher import fisher
+from fedvc.merge.matched import align, matched, matched_fisher
 from fedvc.merge.robust import clip_by_norm, krum, median, multikrum, trimmed_mean
 from fedvc.merge.task import dare, slerp, task_arithmetic, ties
 
@@ -33,6 +34,9 @@ BUILTIN: dict[str, Factory] = {
     "fedyogi": fedyogi,
     "fedadagrad": fedadagrad,
     "fisher": fisher,
+    "align": align,
+    "matched": matched,
+    "matched_fisher": matched_fisher,
     "median": median,
     "trimmed_mean": trimmed_mean,
     "krum": krum,
