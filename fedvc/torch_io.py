@@ -431,3 +431,36 @@ def _squared_grads_loop(
             if g is not None:
                 squares[name] += g.double().square()
     return squares
+
+
+def classification_loss(
+    module: torch.nn.Module,
+    params: ParamMap,
+    inputs: np.ndarray,
+    targets: np.ndarray,
+    *,
+    batch_size: int = 1024,
+) -> float:
+    """Mean cross-entropy of ``module`` with ``params`` loaded, on ``(inputs, targets)``.
+
+    What ``fedvc barrier`` evaluates along a path between two models. The module is put
+    in eval mode; its own weights are replaced by ``params``.
+    """
+    load_into_module(module, params, strict=True)
+    module.eval()
+    x = torch.as_tensor(np.asarray(inputs))
+    y = torch.as_tensor(np.asarray(targets), dtype=torch.long)
+    if len(x) != len(y) or len(x) == 0:
+        raise TensorError(
+            f"need as many targets as inputs (and some), got {len(x)} inputs and {len(y)} targets"
+        )
+    total = 0.0
+    with torch.no_grad():
+        for start in range(0, len(x), batch_size):
+            logits = module(x[start : start + batch_size])
+            total += float(
+                torch.nn.functional.cross_entropy(
+                    logits, y[start : start + batch_size], reduction="sum"
+                )
+            )
+    return total / len(x)

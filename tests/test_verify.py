@@ -213,17 +213,17 @@ def only_problem(report: VerifyReport) -> Problem:
 def test_disk_store_holds_exactly_the_objects_the_tests_are_parametrized_over(
     pristine: Pristine,
 ) -> None:
-    repo = open_repo(pristine.store)
-    assert sorted(repo.objects.iter_ids()) == OBJECT_IDS
+    with open_repo(pristine.store) as repo:  # other tests copy this store: close it after
+        assert sorted(repo.objects.iter_ids()) == OBJECT_IDS
+        kinds = [repo.objects.get(oid).kind for oid in OBJECT_IDS]
+        merge = repo.get_commit(pristine.history.commits["m"])
     assert pristine.history.commits == _MEMORY_HISTORY.commits
     assert pristine.labels == OBJECT_LABELS
-    kinds = [repo.objects.get(oid).kind for oid in OBJECT_IDS]
     assert (kinds.count("commit"), kinds.count("snapshot"), kinds.count("blob")) == (
         COMMITS,
         SNAPSHOTS,
         BLOBS,
     )
-    merge = repo.get_commit(pristine.history.commits["m"])
     commits = pristine.history.commits
     assert merge.parents == (commits["c1"], commits["u1"], commits["u2"])
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,3 +55,20 @@ def load_model(
     snapshot = repo.get_commit(repo.resolve(spec)).snapshot
     entries = repo.get_snapshot(snapshot).tensors
     return repo.read_snapshot(snapshot), {n: e.blob for n, e in entries.items()}
+
+
+def parse_assignments(items: Sequence[str], option: str) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs; values that read as JSON numbers, booleans or null stay typed."""
+    values: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"{option} expects KEY=VALUE, got {item!r}")
+        try:
+            value = json.loads(text)
+        except ValueError:
+            value = text
+        if isinstance(value, float) and not math.isfinite(value):
+            value = text
+        values[key] = value
+    return values

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from fedvc import render
-from fedvc.cli.common import UsageError, open_repo, print_json
+from fedvc.cli.common import open_repo, parse_assignments, print_json
 from fedvc.objects import Commit, ObjectId, short_id
 from fedvc.repo import Repository
 from fedvc.signing import (
@@ -41,29 +41,16 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     return 0
 
 
-def parse_meta(items: Sequence[str]) -> dict[str, Any]:
-    """``key=value`` pairs; values that read as JSON numbers, booleans or null stay typed."""
-    metadata: dict[str, Any] = {}
-    for item in items:
-        key, sep, text = item.partition("=")
-        if not sep or not key:
-            raise UsageError(f"--meta expects KEY=VALUE, got {item!r}")
-        try:
-            value = json.loads(text)
-        except ValueError:
-            value = text
-        if isinstance(value, float) and not math.isfinite(value):
-            value = text
-        metadata[key] = value
-    return metadata
-
-
 def cmd_commit(args: argparse.Namespace) -> int:
     repo = open_repo(args)
     params = load_params(args.model)
     signer = SigningKey.load(args.key) if args.key else None
     oid = repo.commit_params(
-        params, args.message, branch=args.branch, metadata=parse_meta(args.meta), signer=signer
+        params,
+        args.message,
+        branch=args.branch,
+        metadata=parse_assignments(args.meta, "--meta"),
+        signer=signer,
     )
     commit = repo.get_commit(oid)
     nbytes = repo.get_snapshot(commit.snapshot).nbytes

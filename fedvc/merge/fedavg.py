@@ -20,7 +20,7 @@ References:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -48,12 +48,26 @@ def _accumulator_dtype(dtype: np.dtype) -> np.dtype:
 
 def _add_scaled(total: np.ndarray, values: np.ndarray, weight: float, scratch: np.ndarray) -> None:
     """``total += weight * values`` in cache-sized chunks, without a model-sized temporary."""
-    flat_total, flat_values = total.reshape(-1), values.reshape(-1)
+    _add_scaled_many(total, [values], [weight], scratch)
+
+
+def _add_scaled_many(
+    total: np.ndarray, values: Sequence[np.ndarray], weights: Sequence[float], scratch: np.ndarray
+) -> None:
+    """``total += Σ wᵢ valuesᵢ``, chunk by chunk of ``total``.
+
+    Every update is added into one chunk of the sum before moving on, so the chunk stays
+    in cache however many updates there are. Each element still sees the same operations
+    in the same order as adding the updates one at a time, so both give the same bits.
+    """
+    flat_total = total.reshape(-1)
+    flats = [np.asarray(v).reshape(-1) for v in values]
     for start in range(0, flat_total.size, CHUNK):
         stop = min(start + CHUNK, flat_total.size)
-        part = scratch[: stop - start]
-        np.multiply(flat_values[start:stop], weight, out=part, casting="unsafe")
-        np.add(flat_total[start:stop], part, out=flat_total[start:stop])
+        part, accumulated = scratch[: stop - start], flat_total[start:stop]
+        for flat, weight in zip(flats, weights, strict=True):
+            np.multiply(flat[start:stop], weight, out=part, casting="unsafe")
+            np.add(accumulated, part, out=accumulated)
 
 
 class WeightedMean:
@@ -68,6 +82,20 @@ class WeightedMean:
         self._scratch: dict[np.dtype, np.ndarray] = {}
 
     def add(self, update: Update) -> None:
+        self.add_all([update])
+
+    def add_all(self, updates: Sequence[Update]) -> None:
+        """Add several updates at once (faster than one by one; the same bits)."""
+        for update in updates:
+            self._check(update)
+        for key, total in self.sums.items():
+            scratch = self._scratch.setdefault(total.dtype, np.empty(CHUNK, total.dtype))
+            arrays = [u.params[key] for u in updates]
+            _add_scaled_many(total, arrays, [u.weight for u in updates], scratch)
+        self.total += sum(u.weight for u in updates)
+        self.count += len(updates)
+
+    def _check(self, update: Update) -> None:
         if not self.sums:
             for key, array in update.params.items():
                 self.sums[key] = np.zeros(array.shape, _accumulator_dtype(array.dtype))
@@ -77,16 +105,11 @@ class WeightedMean:
                 f"{self.name}: update {update.client!r} names different tensors than the first update"
             )
         for key, array in update.params.items():
-            total = self.sums[key]
-            if array.shape != total.shape:
+            if array.shape != self.sums[key].shape:
                 raise MergeError(
                     f"{self.name}: update {update.client!r} tensor {key!r} has shape "
-                    f"{array.shape}, expected {total.shape}"
+                    f"{array.shape}, expected {self.sums[key].shape}"
                 )
-            scratch = self._scratch.setdefault(total.dtype, np.empty(CHUNK, total.dtype))
-            _add_scaled(total, np.asarray(array), update.weight, scratch)
-        self.total += update.weight
-        self.count += 1
 
     def mean(self) -> dict[str, np.ndarray]:
         """The weighted mean in each tensor's own dtype (integers rounded)."""
@@ -118,6 +141,9 @@ class _MeanAccumulator:
 
     def add(self, update: Update) -> None:
         self._mean.add(update)
+
+    def add_all(self, updates: Sequence[Update]) -> None:
+        self._mean.add_all(updates)
 
     def finish(self) -> tuple[dict[str, np.ndarray], State]:
         return self._finish(self._mean.mean())

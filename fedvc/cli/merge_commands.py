@@ -1,0 +1,301 @@
+"""``fedvc merge`` and ``fedvc barrier``: merging models from the command line.
+
+INPUTs are revisions or model files. Inside a repository the merge is recorded as a commit
+whose parents are the base and the inputs that are commits, with the strategy spec, the
+weights and the interference summary in its metadata, so ``fedvc show`` tells later how
+the model was made.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedvc import torch_io
+from fedvc.align import (
+    PermutationSpec,
+    activation_matching,
+    apply_permutation,
+    infer_spec,
+    merge_many,
+    weight_matching,
+)
+from fedvc.barrier import loss_barrier
+from fedvc.cli.common import (
+    UsageError,
+    is_model_file,
+    load_model,
+    maybe_repo,
+    parse_assignments,
+)
+from fedvc.interference import interference_report
+from fedvc.merge import MergeStrategy, Update, align, chain, fedavg, make
+from fedvc.objects import ObjectId, short_id
+from fedvc.repo import Repository, branch_ref
+from fedvc.signing import SigningKey
+from fedvc.tensor_files import load_params, save_params
+from fedvc.tensors import ParamMap
+
+
+def import_object(spec: str, what: str) -> Any:
+    """``package.module:attribute`` → the attribute (user code: a model factory, a loader)."""
+    module_name, sep, attribute = spec.partition(":")
+    if not sep or not module_name or not attribute:
+        raise UsageError(f"{what} must look like package.module:name, got {spec!r}")
+    try:
+        return getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as exc:
+        raise UsageError(f"{what} {spec!r} cannot be imported: {exc}") from exc
+
+
+def _client_id(repo: Repository | None, spec: str) -> str:
+    if is_model_file(spec):
+        return "file:" + hashlib.sha256(Path(spec).read_bytes()).hexdigest()
+    assert repo is not None  # load_model already refused a non-file without a repository
+    return repo.resolve(spec)
+
+
+def _weights(text: str | None, count: int) -> list[float]:
+    if text is None:
+        return [1.0] * count
+    try:
+        weights = [float(w) for w in text.split(",")]
+    except ValueError:
+        raise UsageError(f"--weights expects numbers separated by commas, got {text!r}") from None
+    if len(weights) != count:
+        raise UsageError(
+            f"--weights has {len(weights)} numbers for {count} inputs: give one per INPUT"
+        )
+    return weights
+
+
+def _spec(path: str | None) -> PermutationSpec | None:
+    if path is None:
+        return None
+    try:
+        return PermutationSpec.from_json(Path(path).read_text())
+    except OSError as exc:
+        raise UsageError(f"--spec {path}: cannot read it: {exc}") from None
+
+
+def _strategy(args: argparse.Namespace, spec: PermutationSpec | None) -> MergeStrategy:
+    built = make(args.strategy, parse_assignments(args.param, "--param"))
+    if not isinstance(built, MergeStrategy):
+        raise UsageError(
+            f"{args.strategy!r} transforms updates; use a merge strategy with --strategy"
+        )
+    if args.align == "weight":
+        return chain(align(spec), built)
+    return built
+
+
+def _activation_aligned(
+    args: argparse.Namespace,
+    base: ParamMap | None,
+    updates: list[Update],
+    spec: PermutationSpec | None,
+) -> list[Update]:
+    """Align updates by their activations on the user's data.
+
+    The reference is the base, or without one the mean of the set after MergeMany, so no
+    single input is privileged. Each permutation is hooked on the module whose weight
+    carries it on axis 0 (``0.weight`` → module ``0``).
+    """
+    if not (args.model and args.data):
+        raise UsageError(
+            "--align activation runs the model: give --model MODULE:FACTORY and --data MODULE:LOADER"
+        )
+    factory: Callable[[], Any] = import_object(args.model, "--model")
+    inputs, _ = import_object(args.data, "--data")()
+    symmetry = spec or infer_spec(base if base is not None else updates[0].params)
+    layers = {
+        perm: next(name.rsplit(".", 1)[0] for name, axis in axes if axis == 0)
+        for perm, axes in symmetry.perm_to_axes.items()
+    }
+    if base is None:
+        together = merge_many(
+            symmetry, [u.params for u in updates], weights=[u.weight for u in updates]
+        )
+        aligned_set = [u.with_params(m) for u, m in zip(updates, together.models, strict=True)]
+        base = fedavg().merge(None, aligned_set, {})[0]
+
+    def activations(params: ParamMap) -> dict[str, np.ndarray]:
+        module = factory()
+        torch_io.load_into_module(module, params, strict=True)
+        return torch_io.collect_activations(module, np.asarray(inputs, dtype=np.float32), layers)
+
+    reference = activations(base)
+    aligned = []
+    for update in updates:
+        perms = activation_matching(reference, activations(update.params))
+        aligned.append(
+            update.with_params(
+                apply_permutation(symmetry, perms, update.params),
+                fisher=None
+                if update.fisher is None
+                else apply_permutation(symmetry, perms, update.fisher),
+            )
+        )
+    return aligned
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    repo = maybe_repo(args)
+    base = load_model(repo, args.base)[0] if args.base else None
+    weights = _weights(args.weights, len(args.inputs))
+    if args.fisher and len(args.fisher) != len(args.inputs):
+        raise UsageError(
+            f"--fisher given {len(args.fisher)} times for {len(args.inputs)} inputs: one per INPUT"
+        )
+    fishers: list[dict[str, np.ndarray] | None] = [load_params(Path(f)) for f in args.fisher]
+    updates = [
+        Update(load_model(repo, spec)[0], weight=w, client=_client_id(repo, spec), fisher=f)
+        for spec, w, f in zip(
+            args.inputs, weights, fishers or [None] * len(args.inputs), strict=True
+        )
+    ]
+    spec = _spec(args.spec)
+    strategy = _strategy(args, spec)
+    if args.align == "activation":
+        updates = _activation_aligned(args, base, updates, spec)
+    merged, _ = strategy.merge(base, updates, strategy.init(base))
+    out = Path(args.output)
+    save_params(merged, out)
+    print(f"merged {len(updates)} inputs with {strategy.spec} -> {out}")
+
+    summary = interference_report(base, updates).summary() if base is not None and updates else None
+    if summary is not None:
+        print(f"interference score {summary['score']:.3f}, mean cosine {summary['mean_cosine']}")
+    if repo is not None and not args.no_commit:
+        _record(repo, args, merged, updates, strategy, summary)
+    return 0
+
+
+def _record(
+    repo: Repository,
+    args: argparse.Namespace,
+    merged: dict[str, np.ndarray],
+    updates: Sequence[Update],
+    strategy: MergeStrategy,
+    interference: dict[str, Any] | None,
+) -> None:
+    """Commit the merge; move ``--branch`` (or HEAD's branch when its tip is a parent)."""
+    base_id = None if args.base is None or is_model_file(args.base) else repo.resolve(args.base)
+    parents = [base_id] if base_id else []
+    parents += [
+        ObjectId(u.client)
+        for u in updates
+        if not u.client.startswith("file:") and u.client not in parents
+    ]
+    metadata = {
+        "merge": {
+            "strategy": strategy.spec.to_json(),
+            "align": args.align,
+            "inputs": [{"input": u.client, "weight": u.weight} for u in updates],
+            "interference": interference,
+        }
+    }
+    signer = SigningKey.load(args.key) if args.key else None
+    message = args.message or f"merge {len(updates)} models with {strategy.spec.name}"
+    snapshot = repo.write_snapshot(merged)
+    oid = repo.write_commit(
+        snapshot, parents=parents, message=message, metadata=metadata, signer=signer
+    )
+    branch = args.branch or repo.head_branch
+    tip = repo.refs.get_ref(branch_ref(branch))
+    if args.branch or (tip is not None and tip in parents):
+        repo.refs.set_ref(branch_ref(branch), oid, tip)
+        print(f"[{branch} {short_id(oid)}] {message}")
+    else:
+        print(
+            f"commit {short_id(oid)} (on no branch: keep it with 'fedvc branch NAME {short_id(oid)}')"
+        )
+
+
+def cmd_barrier(args: argparse.Namespace) -> int:
+    repo = maybe_repo(args)
+    a, b = load_model(repo, args.a)[0], load_model(repo, args.b)[0]
+    factory: Callable[[], Any] = import_object(args.model, "--model")
+    inputs, targets = import_object(args.data, "--data")()
+    module = factory()
+
+    def evaluate(params: ParamMap) -> float:
+        return torch_io.classification_loss(module, params, inputs, targets)
+
+    spec = _spec(args.spec) or infer_spec(a)
+    aligned_b = apply_permutation(spec, weight_matching(spec, a, b), b)
+    results = {
+        "naive": loss_barrier(a, b, evaluate, steps=args.steps),
+        "aligned": loss_barrier(a, aligned_b, evaluate, steps=args.steps),
+    }
+    for name, result in results.items():
+        print(f"{name:<8} barrier {result.barrier:.4f}  midpoint {result.midpoint:.4f}")
+    if args.plot:
+        from fedvc.plots import plot_barriers  # matplotlib loads only when plotting
+
+        plot_barriers(results, Path(args.plot))
+        print(f"wrote {args.plot}")
+    if args.json:
+        print(json.dumps({k: r.to_json() for k, r in results.items()}, indent=2))
+    return 0
+
+
+def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("merge", help="merge models (revisions or files) with a strategy")
+    p.add_argument("inputs", nargs="+", metavar="INPUT")
+    p.add_argument("-o", "--output", required=True, help="OUT.safetensors or OUT.npz")
+    p.add_argument(
+        "--strategy", default="fedavg", help="a registered strategy name (default: fedavg)"
+    )
+    p.add_argument(
+        "--param", action="append", default=[], metavar="KEY=VALUE", help="strategy parameter"
+    )
+    p.add_argument("--base", metavar="REV_OR_FILE", help="the common base the inputs started from")
+    p.add_argument(
+        "--weights", metavar="W1,W2,...", help="one weight per INPUT, e.g. example counts"
+    )
+    p.add_argument(
+        "--align",
+        choices=["none", "weight", "activation"],
+        default="none",
+        help="permutation alignment before merging",
+    )
+    p.add_argument(
+        "--fisher",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="diagonal Fisher per INPUT, same order (for the fisher strategies)",
+    )
+    p.add_argument(
+        "--spec", metavar="SPEC.json", help="permutation spec when it cannot be inferred"
+    )
+    p.add_argument(
+        "--model", metavar="MODULE:FACTORY", help="model factory (for --align activation)"
+    )
+    p.add_argument("--data", metavar="MODULE:LOADER", help="returns (inputs, targets) arrays")
+    p.add_argument("-m", "--message", default="")
+    p.add_argument("--key", help="sign the merge commit with this private key file")
+    p.add_argument("--branch", help="move this branch to the merge commit")
+    p.add_argument("--no-commit", action="store_true", help="only write OUT, record nothing")
+    p.set_defaults(run=cmd_merge)
+
+    p = sub.add_parser("barrier", help="loss barrier along the linear path between two models")
+    p.add_argument("a")
+    p.add_argument("b")
+    p.add_argument("--model", required=True, metavar="MODULE:FACTORY")
+    p.add_argument(
+        "--data", required=True, metavar="MODULE:LOADER", help="returns (inputs, targets)"
+    )
+    p.add_argument("--spec", metavar="SPEC.json")
+    p.add_argument("--steps", type=int, default=11)
+    p.add_argument("--plot", metavar="PNG")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=cmd_barrier)

@@ -1,0 +1,24 @@
+"""Simulating federations on one machine: splitting a data set among virtual clients.
+
+Federated methods are judged by how they cope with clients whose data differ (label skew,
+quantity skew, clients that see only a few classes). ``partition`` produces those splits
+reproducibly from a seed, so a benchmark's figures can be regenerated exactly.
+"""
+
+from fedvc.simulation.partition import (
+    PartitionError,
+    dirichlet,
+    iid,
+    partition_table,
+    quantity_skew,
+    shards,
+)
+
+__all__ = [
+    "PartitionError",
+    "dirichlet",
+    "iid",
+    "partition_table",
+    "quantity_skew",
+    "shards",
+]

@@ -1,0 +1,310 @@
+"""``fedvc merge``, ``fedvc diff --interference / --aligned`` and ``fedvc barrier``."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedvc import cli
+from fedvc.align import apply_permutation, infer_spec, random_perms
+from fedvc.repo import Repository
+from fedvc.tensor_files import load_params, save_params
+
+USER_MODULE = textwrap.dedent(
+    """
+    import numpy as np
+    import torch
+
+    def model():
+        return torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+
+    def data():
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((64, 6)).astype(np.float32)
+        return x, (x[:, 0] > 0).astype(np.int64) + (x[:, 1] > 0).astype(np.int64)
+    """
+)
+
+
+def mlp(seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {
+        "0.weight": rng.standard_normal((16, 6)).astype(np.float32),
+        "0.bias": rng.standard_normal(16).astype(np.float32),
+        "2.weight": rng.standard_normal((3, 16)).astype(np.float32),
+        "2.bias": rng.standard_normal(3).astype(np.float32),
+    }
+
+
+def forward(p: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
+    hidden = np.maximum(x @ p["0.weight"].T + p["0.bias"], 0)
+    return hidden @ p["2.weight"].T + p["2.bias"]
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "usertask.py").write_text(USER_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return tmp_path
+
+
+def round_repo(workdir: Path) -> tuple[Repository, str, list[str]]:
+    """A base on main and three client updates branched from it (not on any branch)."""
+    repo = Repository.init(workdir, clock=lambda: 1_000)
+    base = repo.commit_params(mlp(0), "base")
+    updates = [
+        repo.write_commit(
+            repo.write_snapshot({k: v + i for k, v in mlp(0).items()}),
+            parents=[base],
+            message=f"client {i}",
+        )
+        for i in (1, 2, 3)
+    ]
+    return repo, base, updates
+
+
+def test_merge_records_an_octopus_commit(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    repo, base, updates = round_repo(workdir)
+    code, out, _ = run(
+        capsys, "merge", "--base", "main", *updates, "--weights", "1,2,3", "-o", "m.safetensors"
+    )
+    assert code == 0 and "[main " in out and "interference score" in out
+    merged = load_params(workdir / "m.safetensors")
+    expected = (1 * 1 + 2 * 2 + 3 * 3) / 6
+    np.testing.assert_allclose(merged["0.bias"], mlp(0)["0.bias"] + expected, rtol=1e-6)
+
+    head = repo.resolve("HEAD")
+    commit = repo.get_commit(head)
+    assert commit.parents == (base, *updates)
+    info = commit.metadata["merge"]
+    assert info["strategy"] == {"name": "fedavg", "params": {}}
+    assert [i["weight"] for i in info["inputs"]] == [1.0, 2.0, 3.0]
+    assert info["interference"]["clients"] == 3
+    np.testing.assert_array_equal(repo.read_params("HEAD")["0.bias"], merged["0.bias"])
+    assert run(capsys, "verify")[0] == 0
+    code, out, _ = run(capsys, "log", "--graph")
+    assert out.splitlines()[1] == "|\\ \\ \\"
+
+
+def test_merge_without_commit_and_from_files_outside_a_repository(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for i in (1, 2):
+        save_params(mlp(i), workdir / f"c{i}.safetensors")
+    code, out, _ = run(
+        capsys, "merge", "--strategy", "median", "c1.safetensors", "c2.safetensors", "-o", "m.npz"
+    )
+    assert code == 0 and "median" in out
+    merged = load_params(workdir / "m.npz")
+    np.testing.assert_allclose(
+        merged["2.bias"], (mlp(1)["2.bias"] + mlp(2)["2.bias"]) / 2, rtol=1e-6
+    )
+
+    repo, _, updates = round_repo(workdir / "r")
+    before = repo.resolve("HEAD")
+    code, _, _ = run(
+        capsys,
+        "--repo",
+        str(workdir / "r"),
+        "merge",
+        "--base",
+        "main",
+        *updates,
+        "-o",
+        "x.safetensors",
+        "--no-commit",
+    )
+    assert code == 0 and repo.resolve("HEAD") == before
+
+
+def test_weight_alignment_without_a_base(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = mlp(5)
+    spec = infer_spec(model)
+    for seed in (1, 2, 3):
+        save_params(
+            apply_permutation(spec, random_perms(spec, model, seed=seed), model),
+            workdir / f"p{seed}.safetensors",
+        )
+    inputs = ["p1.safetensors", "p2.safetensors", "p3.safetensors"]
+    assert run(capsys, "merge", *inputs, "--align", "weight", "-o", "aligned.safetensors")[0] == 0
+    assert run(capsys, "merge", *inputs, "-o", "naive.safetensors")[0] == 0
+    x = np.random.default_rng(1).standard_normal((20, 6)).astype(np.float32)
+    aligned, naive = (
+        load_params(workdir / "aligned.safetensors"),
+        load_params(workdir / "naive.safetensors"),
+    )
+    np.testing.assert_allclose(forward(aligned, x), forward(model, x), atol=1e-4)
+    assert np.abs(forward(naive, x) - forward(model, x)).max() > 0.5
+
+
+def test_activation_alignment_recovers_a_permutation(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = mlp(6)
+    spec = infer_spec(model)
+    save_params(model, workdir / "base.safetensors")
+    save_params(
+        apply_permutation(spec, random_perms(spec, model, seed=3), model), workdir / "p.safetensors"
+    )
+    code, _, err = run(
+        capsys,
+        "merge",
+        "--base",
+        "base.safetensors",
+        "p.safetensors",
+        "--align",
+        "activation",
+        "--model",
+        "usertask:model",
+        "--data",
+        "usertask:data",
+        "-o",
+        "out.safetensors",
+    )
+    assert code == 0, err
+    out = load_params(workdir / "out.safetensors")
+    for name in model:
+        np.testing.assert_allclose(out[name], model[name], rtol=1e-6)
+    code, _, err = run(
+        capsys, "merge", "p.safetensors", "--align", "activation", "-o", "o.safetensors"
+    )
+    assert code == 2 and "--model" in err
+
+
+def test_fisher_strategy_takes_one_fisher_per_input(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    a, b = mlp(1), mlp(2)
+    save_params(a, workdir / "a.safetensors")
+    save_params(b, workdir / "b.safetensors")
+    save_params({k: np.full_like(v, 1e6) for k, v in a.items()}, workdir / "fa.safetensors")
+    save_params({k: np.full_like(v, 1e-6) for k, v in b.items()}, workdir / "fb.safetensors")
+    code, _, err = run(
+        capsys,
+        "merge",
+        "--strategy",
+        "fisher",
+        "a.safetensors",
+        "b.safetensors",
+        "--fisher",
+        "fa.safetensors",
+        "--fisher",
+        "fb.safetensors",
+        "-o",
+        "f.safetensors",
+    )
+    assert code == 0, err
+    np.testing.assert_allclose(
+        load_params(workdir / "f.safetensors")["0.weight"], a["0.weight"], rtol=1e-5
+    )
+    code, _, err = run(
+        capsys,
+        "merge",
+        "--strategy",
+        "fisher",
+        "a.safetensors",
+        "b.safetensors",
+        "--fisher",
+        "fa.safetensors",
+        "-o",
+        "f.safetensors",
+    )
+    assert code == 2 and "one per INPUT" in err
+
+
+def test_merge_errors(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    save_params(mlp(1), workdir / "a.safetensors")
+    code, _, err = run(
+        capsys, "merge", "--strategy", "nope", "a.safetensors", "-o", "o.safetensors"
+    )
+    assert code == 2 and "unknown strategy 'nope'" in err and "fedavg" in err
+    code, _, err = run(capsys, "merge", "a.safetensors", "--weights", "1,2", "-o", "o.safetensors")
+    assert code == 2 and "one per INPUT" in err
+    code, _, err = run(
+        capsys,
+        "merge",
+        "--strategy",
+        "clip_by_norm",
+        "--param",
+        "max_norm=1",
+        "a.safetensors",
+        "-o",
+        "o.safetensors",
+    )
+    assert code == 2 and "transforms updates" in err
+    code, _, err = run(capsys, "merge", "missing~1", "-o", "o.safetensors")
+    assert code == 2 and "missing~1" in err
+
+
+def test_diff_interference_and_aligned(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    base = mlp(0)
+    save_params(base, workdir / "base.safetensors")
+    save_params({k: v + 1 for k, v in base.items()}, workdir / "up.safetensors")
+    save_params({k: v - 1 for k, v in base.items()}, workdir / "down.safetensors")
+    code, out, _ = run(
+        capsys,
+        "diff",
+        "--interference",
+        "--base",
+        "base.safetensors",
+        "up.safetensors",
+        "down.safetensors",
+    )
+    assert code == 0 and "interference score 1 " in out and "mean cosine -1" in out
+    code, out, _ = run(
+        capsys,
+        "diff",
+        "--interference",
+        "--base",
+        "base.safetensors",
+        "up.safetensors",
+        "up.safetensors",
+        "--json",
+    )
+    assert json.loads(out)["score"] == pytest.approx(0.0)
+    code, _, err = run(capsys, "diff", "--interference", "up.safetensors", "down.safetensors")
+    assert code == 2 and "--base" in err
+
+    spec = infer_spec(base)
+    save_params(
+        apply_permutation(spec, random_perms(spec, base, seed=1), base),
+        workdir / "perm.safetensors",
+    )
+    code, out, _ = run(
+        capsys, "diff", "--aligned", "base.safetensors", "perm.safetensors", "--json"
+    )
+    figures = json.loads(out)
+    assert figures["raw_l2"] > 1 and figures["aligned_l2"] == pytest.approx(0.0, abs=1e-5)
+
+
+def test_barrier_prints_and_plots(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    save_params(mlp(1), workdir / "a.safetensors")
+    save_params(mlp(2), workdir / "b.safetensors")
+    code, out, err = run(
+        capsys,
+        "barrier",
+        "a.safetensors",
+        "b.safetensors",
+        "--model",
+        "usertask:model",
+        "--data",
+        "usertask:data",
+        "--plot",
+        "barrier.png",
+        "--steps",
+        "5",
+    )
+    assert code == 0, err
+    assert "naive" in out and "aligned" in out
+    assert (workdir / "barrier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
