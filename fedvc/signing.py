@@ -26,7 +26,6 @@ import hashlib
 import os
 import re
 import secrets
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import NewType
@@ -35,6 +34,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa, x448, x25519
 
+from fedvc.ed25519 import point_problem
 from fedvc.errors import FedvcError
 from fedvc.objects import Commit
 
@@ -62,56 +62,6 @@ class KeyFileError(SigningError):
     """A key file cannot be read or written as asked: missing, malformed, encrypted, wrong type."""
 
 
-# --- Ed25519 point checks ------------------------------------------------------------------
-# OpenSSL accepts any 32 bytes as an Ed25519 public key. We check the encoding ourselves so
-# that a PublicKey is always a canonical encoding of a curve point (one key, one key id) and
-# never a small-order point, for which anyone can forge signatures without a private key.
-
-_P = 2**255 - 19
-_D = -121665 * pow(121666, -1, _P) % _P
-_SQRT_M1 = pow(2, (_P - 1) // 4, _P)
-
-_Point = tuple[int, int, int, int]  # extended coordinates (X, Y, Z, T), x = X/Z, y = Y/Z
-
-
-def _point_add(a: _Point, b: _Point) -> _Point:
-    """Complete addition on edwards25519 (RFC 8032, section 5.1.4); also doubles."""
-    x1, y1, z1, t1 = a
-    x2, y2, z2, t2 = b
-    aa = (y1 - x1) * (y2 - x2) % _P
-    bb = (y1 + x1) * (y2 + x2) % _P
-    cc = 2 * t1 * t2 * _D % _P
-    dd = 2 * z1 * z2 % _P
-    e, f, g, h = bb - aa, dd - cc, dd + cc, bb + aa
-    return (e * f % _P, g * h % _P, f * g % _P, e * h % _P)
-
-
-def _point_problem(raw: bytes) -> str | None:
-    """Why ``raw`` is not a usable Ed25519 public key, or None if it is (RFC 8032, 5.1.3)."""
-    y = int.from_bytes(raw, "little")
-    sign = y >> 255
-    y &= (1 << 255) - 1
-    if y >= _P:
-        return "its y coordinate is not reduced modulo 2^255 - 19 (a non-canonical encoding)"
-    x2 = (y * y - 1) * pow(_D * y * y + 1, -1, _P) % _P
-    if x2 == 0 and sign:
-        return "it encodes x = 0 with the sign bit set (a non-canonical encoding)"
-    x = pow(x2, (_P + 3) // 8, _P)
-    if (x * x - x2) % _P:
-        x = x * _SQRT_M1 % _P
-    if (x * x - x2) % _P:
-        return "it is not a point on the Ed25519 curve"
-    if x & 1 != sign:
-        x = _P - x
-    point: _Point = (x, y, 1, x * y % _P)
-    for _ in range(3):  # multiply by the cofactor 8
-        point = _point_add(point, point)
-    px, py, pz, _pt = point
-    if px % _P == 0 and (py - pz) % _P == 0:
-        return "it is a small-order point, for which signatures can be forged without a key"
-    return None
-
-
 # --- public keys ---------------------------------------------------------------------------
 
 
@@ -136,7 +86,7 @@ class PublicKey:
             raise SigningError(
                 f"an Ed25519 public key is {PUBLIC_KEY_SIZE} bytes, got {len(self.raw)} bytes"
             )
-        problem = _point_problem(self.raw)
+        problem = point_problem(self.raw)
         if problem is not None:
             raise SigningError(f"{self.raw.hex()} is not a valid Ed25519 public key: {problem}")
 
@@ -329,76 +279,6 @@ def load_public_key(path: str | os.PathLike[str]) -> PublicKey:
         except SigningError as exc:
             raise KeyFileError(f"key file {file}: {exc}") from None
     return PublicKey._from_crypto(_load_private_pem(file, data).public_key())
-
-
-# --- trust ---------------------------------------------------------------------------------
-
-
-class TrustStore:
-    """The public keys whose signatures a repository accepts. Never changed in place."""
-
-    __slots__ = ("_key_ids", "_keys")
-
-    def __init__(self, keys: Iterable[PublicKey] = ()) -> None:
-        self._keys: frozenset[PublicKey] = frozenset(keys)
-        for key in self._keys:
-            if not isinstance(key, PublicKey):
-                raise SigningError(f"a trust store holds PublicKey objects, got {key!r}")
-        self._key_ids: frozenset[KeyId] = frozenset(key.key_id for key in self._keys)
-
-    @classmethod
-    def from_paths(cls, paths: Iterable[str | os.PathLike[str]]) -> TrustStore:
-        """Load every key named by ``paths``: key files, or directories of key files.
-
-        In a directory, every regular file ending in .pub, .pem or .key is read (private key
-        files contribute their public half); a directory with none of them is an error, since
-        trusting nobody by accident would reject every signature.
-        """
-        if isinstance(paths, (str, os.PathLike)):
-            paths = [paths]
-        keys: list[PublicKey] = []
-        for item in paths:
-            location = Path(item)
-            if location.is_dir():
-                files = sorted(
-                    entry
-                    for entry in location.iterdir()
-                    if entry.is_file() and entry.name.endswith(KEY_FILE_SUFFIXES)
-                )
-                if not files:
-                    raise KeyFileError(
-                        f"trust directory {location} holds no key files: expected files ending "
-                        f"in {', '.join(KEY_FILE_SUFFIXES)} (for example a key's .pub file)"
-                    )
-                keys.extend(load_public_key(file) for file in files)
-            else:
-                keys.append(load_public_key(location))
-        return cls(keys)
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._keys
-
-    def __len__(self) -> int:
-        return len(self._keys)
-
-    def __iter__(self) -> Iterator[PublicKey]:
-        """Keys in key-id order, so listings are stable."""
-        return iter(sorted(self._keys, key=lambda key: (key.key_id, key.raw)))
-
-    def __repr__(self) -> str:
-        return f"TrustStore(key_ids={sorted(self._key_ids)!r})"
-
-    def key_ids(self) -> frozenset[KeyId]:
-        """The key ids of all trusted keys."""
-        return self._key_ids
-
-    def trusts_key_id(self, key_id: str) -> bool:
-        """True iff a trusted key has this id. A hint for messages; trust checks use keys."""
-        return key_id in self._key_ids
-
-    def with_key(self, key: PublicKey) -> TrustStore:
-        """A new store that also trusts ``key``."""
-        return TrustStore((*self._keys, key))
 
 
 # --- key file helpers ----------------------------------------------------------------------

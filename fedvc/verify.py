@@ -24,8 +24,9 @@ from fedvc.objects import (
     split_object,
 )
 from fedvc.repo import Repository
-from fedvc.signing import PublicKey, TrustStore, commit_signature_valid
+from fedvc.signing import PublicKey, commit_signature_valid
 from fedvc.store.base import CorruptObjectError, ObjectNotFoundError, StoreError
+from fedvc.trust import TrustStore
 
 ProblemKind = Literal["missing", "corrupt", "malformed", "bad-signature", "untrusted", "unsigned"]
 
@@ -75,29 +76,19 @@ class VerifyReport:
         }
 
 
-def verify(
-    repo: Repository,
-    rev: str = "HEAD",
-    trust: TrustStore | None = None,
-    *,
-    trusted_ids: frozenset[str] = frozenset(),
-) -> VerifyReport:
+def verify(repo: Repository, rev: str = "HEAD", trust: TrustStore | None = None) -> VerifyReport:
     """Check everything reachable from ``rev``.
 
-    With ``trust`` (keys) or ``trusted_ids`` (key ids), every commit must be signed by a
-    trusted key; without either, signatures that are present must be valid and unsigned
-    commits are listed in ``unsigned``.
+    With ``trust``, every commit must be signed by a trusted key; without it, signatures
+    that are present must be valid and unsigned commits are listed in ``unsigned``.
     """
-    if trusted_ids:
-        trust = trust or TrustStore()
-    policy = None if trust is None else _TrustPolicy(trust, trusted_ids)
     report = VerifyReport(head=repo.resolve(rev))
     seen_snapshots: set[ObjectId] = set()
     seen_blobs: set[ObjectId] = set()
     queue, seen = deque([report.head]), {report.head}
     while queue:
         oid = queue.popleft()
-        commit = _check_commit(repo, oid, report, policy)
+        commit = _check_commit(repo, oid, report, trust)
         if commit is None:
             continue
         for parent in commit.parents:
@@ -110,20 +101,8 @@ def verify(
     return report
 
 
-@dataclass(frozen=True)
-class _TrustPolicy:
-    keys: TrustStore
-    key_ids: frozenset[str]
-
-    def trusts(self, commit: Commit) -> bool:
-        if commit.author is None:
-            return False
-        author = PublicKey.from_hex(commit.author)
-        return author in self.keys or author.key_id in self.key_ids
-
-
 def _check_commit(
-    repo: Repository, oid: ObjectId, report: VerifyReport, trust: _TrustPolicy | None
+    repo: Repository, oid: ObjectId, report: VerifyReport, trust: TrustStore | None
 ) -> Commit | None:
     where = f"commit {short_id(oid)}"
     report.commits += 1
@@ -156,7 +135,7 @@ def _check_commit(
         )
     else:
         report.signed += 1
-        if trust is not None and not trust.trusts(commit):
+        if trust is not None and not trust.trusts(PublicKey.from_hex(str(commit.author))):
             report.problems.append(
                 Problem(
                     "untrusted", oid, where, f"signed by key {commit.author}, which is not trusted"

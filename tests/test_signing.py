@@ -22,9 +22,9 @@ from fedvc.signing import (
     PublicKey,
     SigningError,
     SigningKey,
-    TrustStore,
     load_public_key,
 )
+from fedvc.trust import TrustStore
 
 GOLDEN_SEED = bytes(range(32))
 GOLDEN_PUBLIC_HEX = "03a107bff3ce10be1d70dd18e74bc09967e4d6309ba50d5f1ddc8664125531b8"
@@ -506,3 +506,11 @@ def test_trust_store_bad_key_file_names_the_file(tmp_path: Path) -> None:
 def test_trust_store_missing_path(tmp_path: Path) -> None:
     with pytest.raises(KeyFileError, match="does not exist"):
         TrustStore.from_paths([tmp_path / "missing.pub"])
+
+
+def test_trust_store_trusts_keys_and_bare_key_ids() -> None:
+    a, b, c = (SigningKey.from_seed(bytes([i]) * 32).public_key for i in (1, 2, 3))
+    store = TrustStore([a], key_ids=[b.key_id])
+    assert store.trusts(a) and store.trusts(b) and not store.trusts(c)
+    assert store.trusts_key_id(b.key_id) and not store.trusts_key_id(c.key_id)
+    assert store.with_key(c).trusts(b) and store.with_key(c).trusts(c)

@@ -38,7 +38,8 @@ from fedvc.objects import (
     short_id,
 )
 from fedvc.repo import REPO_DIR, Repository
-from fedvc.signing import SigningKey, TrustStore, sign_commit
+from fedvc.signing import SigningKey, sign_commit
+from fedvc.trust import TrustStore
 from fedvc.verify import Problem, VerifyReport, verify
 
 NOW = 1_700_000_000

@@ -17,10 +17,10 @@ from fedvc.signing import (
     PublicKey,
     SigningError,
     SigningKey,
-    TrustStore,
     commit_signature_valid,
 )
 from fedvc.tensor_files import load_params, save_params
+from fedvc.trust import TrustStore
 from fedvc.verify import verify
 
 
@@ -188,7 +188,7 @@ def _ref_command(kind: str) -> Callable[[argparse.Namespace], int]:
     return run
 
 
-def _trust(specs: Sequence[str]) -> tuple[TrustStore | None, frozenset[str]]:
+def _trust(specs: Sequence[str]) -> TrustStore | None:
     """``--trust`` values: key files or directories, key ids, or 64-hex public keys."""
     keys: list[PublicKey] = []
     ids: set[str] = set()
@@ -204,13 +204,12 @@ def _trust(specs: Sequence[str]) -> tuple[TrustStore | None, frozenset[str]]:
                 f"--trust {spec!r}: expected a key file or directory, a 16-hex key id, or a "
                 "64-hex public key"
             )
-    return (TrustStore(keys) if specs else None), frozenset(ids)
+    return TrustStore(keys, ids) if specs else None
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
     repo = open_repo(args)
-    trust, trusted_ids = _trust(args.trust)
-    report = verify(repo, args.rev, trust, trusted_ids=trusted_ids)
+    report = verify(repo, args.rev, _trust(args.trust))
     if args.json:
         print_json(report.to_json())
         return 0 if report.ok else 1

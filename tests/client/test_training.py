@@ -37,7 +37,9 @@ def test_proximal_term_is_the_squared_distance() -> None:
     net = model()
     anchor = {n: p.detach() + 1.0 for n, p in net.named_parameters()}
     count = sum(p.numel() for p in net.parameters())
-    assert float(proximal_term(net, anchor, mu=0.5)) == pytest.approx(0.25 * count, rel=1e-5)
+    assert float(proximal_term(net, anchor, mu=0.5).detach()) == pytest.approx(
+        0.25 * count, rel=1e-5
+    )
 
 
 def test_fedprox_keeps_the_client_near_its_base() -> None:
