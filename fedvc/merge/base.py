@@ -185,6 +185,14 @@ def require_updates(updates: Sequence[Update], name: str) -> None:
         raise MergeError(f"{name}: a merge needs at least one update, got none")
 
 
+def require_weight(name: str, count: int, total: float) -> None:
+    """A weighted merge needs updates whose weights add up to something positive."""
+    if count == 0:
+        raise MergeError(f"{name}: a merge needs at least one update, got none")
+    if total <= 0:
+        raise MergeError(f"{name}: the updates' weights sum to {total}; give positive weights")
+
+
 def check_same_structure(base: ParamMap | None, updates: Sequence[Update]) -> None:
     """All updates (and the base) name the same tensors with the same shapes."""
     reference = base if base is not None else updates[0].params

@@ -30,6 +30,7 @@ from fedvc.merge.base import (
     State,
     StrategySpec,
     Update,
+    require_weight,
     stateless,
     streaming_strategy,
 )
@@ -113,12 +114,7 @@ class WeightedMean:
 
     def mean(self) -> dict[str, np.ndarray]:
         """The weighted mean in each tensor's own dtype (integers rounded)."""
-        if self.count == 0:
-            raise MergeError(f"{self.name}: a merge needs at least one update, got none")
-        if self.total <= 0:
-            raise MergeError(
-                f"{self.name}: the updates' weights sum to {self.total}; give positive weights"
-            )
+        require_weight(self.name, self.count, self.total)
         result = {}
         for key, total in self.sums.items():
             total /= self.total

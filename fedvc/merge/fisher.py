@@ -46,6 +46,7 @@ from fedvc.merge.base import (
     State,
     StrategySpec,
     Update,
+    require_weight,
     stateless,
     streaming_strategy,
 )
@@ -163,12 +164,7 @@ class FisherAccumulator:
         self.count += 1
 
     def finish(self) -> tuple[dict[str, np.ndarray], State]:
-        if self.count == 0:
-            raise MergeError(f"{NAME}: a merge needs at least one update, got none")
-        if self.total <= 0:
-            raise MergeError(
-                f"{NAME}: the updates' weights sum to {self.total}; give positive weights"
-            )
+        require_weight(NAME, self.count, self.total)
         result = {}
         for key, numerator in self.numerators.items():
             dtype = self.dtypes[key]

@@ -51,6 +51,7 @@ from fedvc.merge.base import (
     check_same_structure,
     ordered,
     require_updates,
+    require_weight,
     stateless,
     streaming_strategy,
 )
@@ -130,12 +131,7 @@ class _TaskSum:
         self.count += 1
 
     def finish(self) -> tuple[dict[str, np.ndarray], State]:
-        if self.count == 0:
-            raise MergeError(f"{self.name}: a merge needs at least one update, got none")
-        if self.total <= 0:
-            raise MergeError(
-                f"{self.name}: the updates' weights sum to {self.total}; give positive weights"
-            )
+        require_weight(self.name, self.count, self.total)
         factor = self.scale * self.count / self.total  # weights rescaled to average 1
         result: dict[str, np.ndarray] = {}
         for key, origin in self.base.items():

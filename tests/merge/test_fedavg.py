@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from bitwise import assert_bit_equal
 
 from fedvc.merge import (
     MergeError,
@@ -46,12 +47,6 @@ OPTIMIZERS = [fedavgm, fedadam, fedyogi, fedadagrad]
 def run(strategy: MergeStrategy, updates: list[Update]) -> dict[str, np.ndarray]:
     merged, _ = strategy.merge(BASE, updates, strategy.init(BASE))
     return merged
-
-
-def assert_bit_equal(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:
-    assert a.keys() == b.keys()
-    for name in a:
-        assert a[name].dtype == b[name].dtype and a[name].tobytes() == b[name].tobytes(), name
 
 
 @pytest.mark.parametrize("factory", [fedavg, *OPTIMIZERS])

@@ -8,6 +8,7 @@ import random
 
 import numpy as np
 import pytest
+from bitwise import assert_bit_equal
 
 from fedvc.merge import MergeError, StrategySpec, Update, fedavg, fisher, strategy_from_spec
 
@@ -46,12 +47,6 @@ def merge(updates: list[Update], epsilon: float = 1e-8) -> dict[str, np.ndarray]
     merged, state = strategy.merge(None, updates, strategy.init(None))
     assert state == {}
     return merged
-
-
-def assert_bit_equal(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:
-    assert a.keys() == b.keys()
-    for name in a:
-        assert a[name].dtype == b[name].dtype and a[name].tobytes() == b[name].tobytes(), name
 
 
 def test_equal_fishers_give_fedavg() -> None:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 
 import numpy as np
 import pytest
+from bitwise import assert_bit_equal
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -59,13 +59,6 @@ def run(
     merged, state = strategy.merge(base, updates, strategy.init(base))  # type: ignore[arg-type]
     assert state == {}
     return merged
-
-
-def assert_bit_equal(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> None:
-    assert a.keys() == b.keys()
-    for name in a:
-        assert a[name].dtype == b[name].dtype and a[name].shape == b[name].shape, name
-        assert a[name].tobytes() == b[name].tobytes(), name
 
 
 STRATEGIES = [
