@@ -211,7 +211,13 @@ class Commit:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "parents", tuple(self.parents))
-        object.__setattr__(self, "metadata", MappingProxyType(dict(self.metadata)))
+        if not isinstance(self.metadata, Mapping) or not all(
+            isinstance(k, str) for k in self.metadata
+        ):
+            raise MalformedObjectError("commit metadata must be a mapping with text keys")
+        # a private deep copy in plain JSON types: nothing the caller keeps can change it
+        plain = json.loads(canonical_json(dict(self.metadata)))
+        object.__setattr__(self, "metadata", MappingProxyType(plain))
         self.validate()
 
     def validate(self) -> None:
@@ -243,7 +249,7 @@ class Commit:
             raise MalformedObjectError(
                 f"commit message must be text, got {type(self.message).__name__}"
             )
-        canonical_json(dict(self.metadata))  # raises if metadata is not plain finite JSON
+        canonical_json(self.unsigned_json())  # raises on text that is not valid Unicode
 
     def unsigned_json(self) -> dict[str, Any]:
         return {

@@ -773,3 +773,15 @@ def test_snapshot_round_trip(tensors: dict[str, TensorEntry]) -> None:
     assert decoded == snapshot
     assert list(decoded.tensors) == sorted(tensors)
     assert decoded.encode() == payload
+
+
+def test_commit_metadata_is_a_private_plain_json_copy() -> None:
+    nested = {"metrics": {"accuracy": 0.5}, "tags": ["a"]}
+    commit = Commit(snapshot=ObjectId("0" * 64), metadata=nested)
+    nested["metrics"]["accuracy"] = 0.9
+    nested["tags"].append("b")
+    assert commit.metadata == {"metrics": {"accuracy": 0.5}, "tags": ["a"]}
+    with pytest.raises(MalformedObjectError, match="text keys"):
+        Commit(snapshot=ObjectId("0" * 64), metadata={1: "x"})  # type: ignore[dict-item]
+    with pytest.raises(MalformedObjectError):
+        Commit(snapshot=ObjectId("0" * 64), message="\ud800")
