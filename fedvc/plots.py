@@ -33,7 +33,7 @@ def plot_barriers(
         raise BarrierError("plot_barriers needs at least one BarrierResult to draw, got none")
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    figure = Figure(figsize=(6.0, 4.0), dpi=120)
+    figure = Figure(figsize=(6.4, 4.8), dpi=120, layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
     for name, result in results.items():
@@ -55,7 +55,6 @@ def plot_barriers(
     axes.set_ylabel(ylabel)
     axes.set_title(title)
     axes.grid(alpha=0.3)
-    axes.legend()
-    figure.tight_layout()
+    figure.legend(loc="outside lower center")  # below the axes: never over a curve
     figure.savefig(target, format="png")
     return target

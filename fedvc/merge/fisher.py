@@ -62,7 +62,7 @@ def _check_fisher(update: Update) -> ParamMap:
     if fisher is None:
         raise MergeError(
             f"{NAME}: update {update.client!r} carries no Fisher information; have every "
-            "client send its diagonal Fisher (fedvc.torch_io.estimate_fisher) or merge with "
+            "client send its diagonal Fisher (fedvc_client.fisher.estimate_fisher) or merge with "
             "fedavg instead"
         )
     if fisher.keys() != update.params.keys():

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import fedvc_client.fisher as fisher_module
 import numpy as np
 import pytest
 import torch
+from fedvc_client.fisher import estimate_fisher
 
-from fedvc import torch_io
 from fedvc.tensors import TensorError
-from fedvc.torch_io import estimate_fisher
 
 
 class Net(torch.nn.Module):
@@ -98,7 +98,7 @@ def test_plain_modules_take_the_vectorised_path(monkeypatch: pytest.MonkeyPatch)
     def no_loop(*args: object) -> None:
         raise AssertionError("the per-example loop should not run")
 
-    monkeypatch.setattr(torch_io, "_squared_grads_loop", no_loop)
+    monkeypatch.setattr(fisher_module, "_squared_grads_loop", no_loop)
     x, _ = data()
     assert estimate_fisher(make(), x)["fc1.weight"].any()
     with pytest.raises(AssertionError, match="should not run"):
@@ -130,6 +130,17 @@ def test_sampled_labels_are_seeded() -> None:
         np.array_equal(subset[k], estimate_fisher(net, x, samples=5, seed=1)[k]) for k in subset
     )
     assert estimate_fisher(net, x, samples=1000)["fc1.weight"].any()  # more than there are: all
+
+
+def test_several_label_draws_average_one_draw_estimates_over_copies() -> None:
+    x, _ = data(12)
+    several = estimate_fisher(make(), x, draws=4, seed=5)
+    repeated = estimate_fisher(make(), np.repeat(x, 4, axis=0), seed=5)
+    for name, value in repeated.items():
+        np.testing.assert_allclose(several[name], value, rtol=1e-6, atol=1e-12, err_msg=name)
+    assert any(not np.allclose(several[n], estimate_fisher(make(), x, seed=5)[n]) for n in several)
+    with pytest.raises(ValueError, match="draws"):
+        estimate_fisher(make(), x, draws=0)
 
 
 def test_module_mode_and_gradients_are_left_alone() -> None:
