@@ -22,6 +22,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 from fedvc.objects import Commit, ObjectId, ObjectKind, hash_object, object_header, split_object
 from fedvc.store.base import (
@@ -61,18 +62,31 @@ class Database:
             self._conn = sqlite3.connect(
                 path, timeout=60, isolation_level=None, check_same_thread=False
             )
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open the repository database {path}: {exc}") from exc
+        try:
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=FULL")
             self._conn.executescript(_SCHEMA)
         except sqlite3.Error as exc:
+            self._conn.close()
             raise StoreError(f"cannot open the repository database {path}: {exc}") from exc
 
-    def execute(self, sql: str, params: tuple[object, ...] = ()) -> sqlite3.Cursor:
+    def execute(self, sql: str, params: tuple[object, ...] = ()) -> int:
+        """Run a statement; return how many rows it changed."""
         with self._lock:
             try:
-                return self._conn.execute(sql, params)
+                return self._conn.execute(sql, params).rowcount
             except sqlite3.IntegrityError:
                 raise
+            except sqlite3.Error as exc:
+                raise StoreError(f"repository database {self.path}: {exc}") from exc
+
+    def query(self, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+        """Run a query and fetch every row while holding the lock (the connection is shared)."""
+        with self._lock:
+            try:
+                return self._conn.execute(sql, params).fetchall()
             except sqlite3.Error as exc:
                 raise StoreError(f"repository database {self.path}: {exc}") from exc
 
@@ -119,12 +133,14 @@ class DiskObjectStore:
                 file.write(payload)
                 file.flush()
                 os.fsync(file.fileno())
-            path.parent.mkdir(exist_ok=True)
+            if not path.parent.is_dir():
+                path.parent.mkdir(exist_ok=True)
+                _fsync_dir(self._objects)  # the new fan-out directory itself must survive a crash
             os.replace(tmp, path)  # a concurrent writer of the same id wrote the same bytes
+            _fsync_dir(path.parent)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             raise StoreError(f"cannot write object {path.parent.name}{path.name}: {exc}") from exc
-        _fsync_dir(path.parent)
 
     def _index_commit(self, oid: ObjectId, commit: Commit) -> None:
         self._db.execute(
@@ -158,7 +174,10 @@ class DiskObjectStore:
 
     def get_unverified(self, oid: ObjectId) -> bytes:
         data = self._read(oid)
-        return data if isinstance(data, bytes) else data[:]
+        if isinstance(data, bytes):
+            return data
+        with data:
+            return data[:]
 
     def contains(self, oid: ObjectId) -> bool:
         return self._path(oid).is_file()
@@ -172,15 +191,15 @@ class DiskObjectStore:
         self._db.close()
 
     def commits_with_prefix(self, prefix: str) -> list[ObjectId]:
-        rows = self._db.execute(
+        rows = self._db.query(
             "SELECT id FROM commits WHERE id >= ? AND id < ? ORDER BY id",
             (prefix, prefix + "g"),
-        ).fetchall()
-        return [ObjectId(row[0]) for row in rows]
+        )
+        return [ObjectId(str(row[0])) for row in rows]
 
     def indexed_commit(self, oid: ObjectId) -> Commit | None:
-        row = self._db.execute("SELECT payload FROM commits WHERE id = ?", (oid,)).fetchone()
-        return Commit.decode(row[0]) if row else None
+        rows = self._db.query("SELECT payload FROM commits WHERE id = ?", (oid,))
+        return Commit.decode(cast(bytes, rows[0][0])) if rows else None
 
 
 class SqliteRefStore:
@@ -188,8 +207,8 @@ class SqliteRefStore:
         self._db = db
 
     def get_ref(self, name: str) -> ObjectId | None:
-        row = self._db.execute("SELECT target FROM refs WHERE name = ?", (name,)).fetchone()
-        return ObjectId(row[0]) if row else None
+        rows = self._db.query("SELECT target FROM refs WHERE name = ?", (name,))
+        return ObjectId(str(rows[0][0])) if rows else None
 
     def set_ref(self, name: str, new: ObjectId, expected: ObjectId | None) -> None:
         validate_ref_name(name)
@@ -199,26 +218,29 @@ class SqliteRefStore:
                 return
             except sqlite3.IntegrityError:
                 raise RefConflictError(name, None, self.get_ref(name)) from None
-        cursor = self._db.execute(
+        changed = self._db.execute(
             "UPDATE refs SET target = ? WHERE name = ? AND target = ?", (new, name, expected)
         )
-        if cursor.rowcount != 1:
+        if changed != 1:
             raise RefConflictError(name, expected, self.get_ref(name))
 
     def delete_ref(self, name: str, expected: ObjectId) -> None:
-        cursor = self._db.execute(
+        changed = self._db.execute(
             "DELETE FROM refs WHERE name = ? AND target = ?", (name, expected)
         )
-        if cursor.rowcount != 1:
+        if changed != 1:
             raise RefConflictError(name, expected, self.get_ref(name))
 
     def list_refs(self, prefix: str = "") -> dict[str, ObjectId]:
-        rows = self._db.execute("SELECT name, target FROM refs ORDER BY name").fetchall()
-        return {name: ObjectId(target) for name, target in rows if name.startswith(prefix)}
+        rows = self._db.query(
+            "SELECT name, target FROM refs WHERE substr(name, 1, ?) = ? ORDER BY name",
+            (len(prefix), prefix),
+        )
+        return {str(name): ObjectId(str(target)) for name, target in rows}
 
     def get_setting(self, key: str) -> str | None:
-        row = self._db.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
-        return str(row[0]) if row else None
+        rows = self._db.query("SELECT value FROM settings WHERE key = ?", (key,))
+        return str(rows[0][0]) if rows else None
 
     def set_setting(self, key: str, value: str) -> None:
         self._db.execute(
@@ -235,10 +257,12 @@ def create_store_dir(path: Path) -> None:
     (path / "objects").mkdir(parents=True, exist_ok=True)
     (path / "tmp").mkdir(exist_ok=True)
     db = Database(path / DATABASE)
-    db.execute(
-        "INSERT OR IGNORE INTO settings (key, value) VALUES ('format', ?)", (FORMAT_VERSION,)
-    )
-    db.close()
+    try:
+        db.execute(
+            "INSERT OR IGNORE INTO settings (key, value) VALUES ('format', ?)", (FORMAT_VERSION,)
+        )
+    finally:
+        db.close()
 
 
 def open_store_dir(path: Path) -> tuple[DiskObjectStore, SqliteRefStore]:
@@ -247,7 +271,11 @@ def open_store_dir(path: Path) -> tuple[DiskObjectStore, SqliteRefStore]:
         raise StoreError(f"{path} is not a fedvc repository (no {DATABASE} and objects/)")
     db = Database(path / DATABASE)
     refs = SqliteRefStore(db)
-    version = refs.get_setting("format")
+    try:
+        version = refs.get_setting("format")
+    except StoreError:
+        db.close()
+        raise
     if version != FORMAT_VERSION:
         db.close()
         raise StoreError(
