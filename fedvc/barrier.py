@@ -29,6 +29,7 @@ References:
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -51,8 +52,32 @@ def interpolate(a: ParamMap, b: ParamMap, t: float) -> dict[str, np.ndarray]:
     have no points in between: they are copied from ``a``. Both models must name the same
     tensors with the same shapes and dtypes.
     """
-    if not math.isfinite(t):
-        raise BarrierError(f"t must be a finite number (0 gives a, 1 gives b), got {t!r}")
+    _check_t(t)
+    return _mix(_path(a, b), t)
+
+
+def _check_t(t: object) -> None:
+    # bool is an int to Python, but interpolate(a, b, True) is far likelier a mistake than
+    # a request for b; anything non-numeric would otherwise fail inside numpy, unexplained.
+    if isinstance(t, bool | np.bool_) or not isinstance(t, numbers.Real) or not math.isfinite(t):
+        raise BarrierError(
+            f"t must be a finite real number (0 gives a, 1 gives b), got {t!r} of type "
+            f"{type(t).__name__}"
+        )
+
+
+_Path = list[tuple[str, np.ndarray, np.ndarray | None, np.ndarray]]
+"""Per tensor: its name, ``a``'s tensor as given, ``a``'s in float64 (None when it is not
+floating point, so is copied rather than interpolated), and ``b``'s in float64 (as given
+when ``a``'s is None). The float64 arrays are only read, never handed out."""
+
+
+def _path(a: ParamMap, b: ParamMap) -> _Path:
+    """Check that ``a`` and ``b`` can be interpolated, and convert them to float64 once.
+
+    ``loss_barrier`` calls this once for all its points, so the checks and the float64
+    conversions are not repeated at every t (at the cost of holding both conversions).
+    """
     if a.keys() != b.keys():
         missing = sorted(set(a) - set(b))[:5]
         extra = sorted(set(b) - set(a))[:5]
@@ -60,7 +85,7 @@ def interpolate(a: ParamMap, b: ParamMap, t: float) -> dict[str, np.ndarray]:
             f"the two models name different tensors: b lacks {missing} and has extra "
             f"{extra}; interpolate only models of one architecture"
         )
-    result: dict[str, np.ndarray] = {}
+    path: _Path = []
     for name, left in a.items():
         x, y = np.asarray(left), np.asarray(b[name])
         if x.shape != y.shape or x.dtype != y.dtype:
@@ -68,10 +93,23 @@ def interpolate(a: ParamMap, b: ParamMap, t: float) -> dict[str, np.ndarray]:
                 f"tensor {name!r} is {x.dtype}{list(x.shape)} in a but {y.dtype}"
                 f"{list(y.shape)} in b; interpolate only models of one architecture and dtype"
             )
-        if not np.issubdtype(x.dtype, np.floating):
+        if np.issubdtype(x.dtype, np.floating):
+            path.append(
+                (name, x, x.astype(np.float64, copy=False), y.astype(np.float64, copy=False))
+            )
+        else:
+            path.append((name, x, None, y))
+    return path
+
+
+def _mix(path: _Path, t: float) -> dict[str, np.ndarray]:
+    """The point ``t`` of a path from ``_path``; every tensor is a fresh array."""
+    result: dict[str, np.ndarray] = {}
+    for name, x, x64, y64 in path:
+        if x64 is None:
             result[name] = x.copy()
             continue
-        mixed = (1.0 - t) * x.astype(np.float64) + t * y.astype(np.float64)
+        mixed = (1.0 - t) * x64 + t * y64
         result[name] = mixed.astype(x.dtype)
     return result
 
@@ -94,11 +132,7 @@ class BarrierResult:
     @property
     def excess(self) -> tuple[float, ...]:
         """Each loss minus the linear interpolation of the endpoint losses."""
-        first, last = self.losses[0], self.losses[-1]
-        return tuple(
-            loss - ((1 - t) * first + t * last)
-            for t, loss in zip(self.ts, self.losses, strict=True)
-        )
+        return _excess(self.ts, self.losses)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -108,6 +142,12 @@ class BarrierResult:
             "midpoint": self.midpoint,
             "t_max": self.t_max,
         }
+
+
+def _excess(ts: tuple[float, ...], losses: tuple[float, ...]) -> tuple[float, ...]:
+    """Each loss minus the line joining the endpoint losses (``BarrierResult.excess``)."""
+    first, last = losses[0], losses[-1]
+    return tuple(loss - ((1 - t) * first + t * last) for t, loss in zip(ts, losses, strict=True))
 
 
 def loss_barrier(
@@ -129,9 +169,10 @@ def loss_barrier(
         raise BarrierError(f"steps must be an integer ≥ 2 (the two endpoints), got {steps!r}")
     grid = np.linspace(0.0, 1.0, steps)
     ts = tuple(float(t) for t in np.union1d(grid, [0.5]))
+    path = _path(a, b)
     losses = []
     for t in ts:
-        value = evaluate(interpolate(a, b, t))
+        value = evaluate(_mix(path, t))
         try:
             loss = float(value)
         except (TypeError, ValueError):
@@ -144,13 +185,13 @@ def loss_barrier(
                 "be measured; check the endpoints and the evaluation"
             )
         losses.append(loss)
-    first, last = losses[0], losses[-1]
-    excess = [loss - ((1 - t) * first + t * last) for t, loss in zip(ts, losses, strict=True)]
+    excess = _excess(ts, tuple(losses))
+    # excess[0] is exactly 0.0 (L(a) - (1·L(a) + 0·L(b))), so the peak is never negative
     peak = int(np.argmax(excess))
     return BarrierResult(
         ts=ts,
         losses=tuple(losses),
-        barrier=max(excess[peak], 0.0),
+        barrier=excess[peak],
         midpoint=excess[ts.index(0.5)],
         t_max=ts[peak],
     )

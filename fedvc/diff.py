@@ -43,7 +43,8 @@ CHUNK_ELEMENTS = 1 << 20
 
 
 class DiffError(FedvcError):
-    """Two parameter maps cannot be subtracted or added: names, shapes or dtypes disagree."""
+    """Two parameter maps cannot be subtracted or added (names, shapes or dtypes disagree),
+    or an argument such as ``chunk_elements`` or ``scale`` is out of range."""
 
 
 @dataclass(frozen=True)
@@ -161,9 +162,13 @@ def _finite(value: float) -> float | None:
 
 def _chunk_size(chunk_elements: int | None) -> int:
     size = CHUNK_ELEMENTS if chunk_elements is None else chunk_elements
-    if size < 1:
-        raise ValueError(f"chunk_elements must be a positive number of entries, got {size}")
-    return size
+    # a float or a bool would fail later inside range() or slicing, far from its cause
+    if isinstance(size, bool) or not isinstance(size, int | np.integer) or size < 1:
+        raise DiffError(
+            f"chunk_elements must be a positive integer number of entries, got {size!r}; "
+            f"leave it None for the default of {CHUNK_ELEMENTS}"
+        )
+    return int(size)
 
 
 def _chunks(array: np.ndarray, size: int) -> Iterator[np.ndarray]:
@@ -376,9 +381,7 @@ def apply_delta(base: ParamMap, delta: ParamMap, scale: float = 1.0) -> dict[str
         step_dtype = numpy_dtype(_dtype_of(name, delta[name], "delta"))
         old, step = base[name], delta[name]
         if target.kind == "f":
-            work = np.promote_types(target, step_dtype)
-            if work.kind != "f":
-                work = np.dtype(np.float64)
+            work = np.promote_types(target, step_dtype)  # a float, whatever the delta's dtype
             moved = old.astype(work) + step.astype(work) * work.type(scale)
             result[name] = moved.astype(target)
             continue

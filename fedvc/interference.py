@@ -55,7 +55,7 @@ from typing import Any
 import numpy as np
 
 from fedvc.errors import FedvcError
-from fedvc.merge.base import Update
+from fedvc.merge.base import Update, top_k_count
 from fedvc.tensors import ParamMap
 
 BLOCK_ELEMENTS = 1 << 20
@@ -204,7 +204,7 @@ def _tensor_sums(base: np.ndarray, arrays: Sequence[np.ndarray], density: float)
     sums.numel = size
     if size == 0:
         return sums
-    keep = min(size, max(1, math.ceil(density * size)))
+    keep = top_k_count(density, size)  # the count TIES's trim keeps, so overlap measures it
     thresholds = np.array([[_threshold(base, array, keep)] for array in arrays])
     flat_base = base.reshape(-1)
     flats = [array.reshape(-1) for array in arrays]

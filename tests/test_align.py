@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import pytest
@@ -365,6 +365,26 @@ def test_weight_matching_rejects_mismatched_models() -> None:
         weight_matching(spec, params, params, max_iter=0)
 
 
+def test_weight_matching_refuses_nan_and_inf_weights_by_name() -> None:
+    params = module_params(make_mlp())
+    spec = infer_spec(params)
+    broken = {**params, "2.weight": params["2.weight"].copy()}
+    broken["2.weight"][3, 4] = np.nan
+    with pytest.raises(AlignError, match=r"'2.weight' of the other model has 1 NaN or infinite"):
+        weight_matching(spec, params, broken)
+    broken["2.weight"][3, 4] = -np.inf
+    with pytest.raises(AlignError, match=r"'2.weight' of the reference has 1 NaN"):
+        weight_matching(spec, broken, params)
+
+
+def test_weight_matching_reports_a_cost_matrix_that_overflows() -> None:
+    # finite float32 weights whose products exceed float32's range (about 3.4e38)
+    params = {k: np.full_like(v, 1e20) for k, v in module_params(make_mlp()).items()}
+    spec = infer_spec(params)
+    with pytest.raises(AlignError, match=r"cost matrix of permutation .* overflow float32"):
+        weight_matching(spec, params, params)
+
+
 # --------------------------------------------------------------------------- activations
 
 
@@ -404,6 +424,25 @@ def test_collect_activations_errors_and_mode() -> None:
         collect_activations(model, inputs.astype(np.float64), {"P_0": "1"})
     with pytest.raises(AlignError, match="different permutations"):
         activation_matching({"P": np.ones((4, 2))}, {"Q": np.ones((4, 2))})
+
+
+@pytest.mark.parametrize("method", ["correlation", "inner"])
+def test_activation_matching_refuses_nan_and_inf_activations(method: str) -> None:
+    acts = np.random.default_rng(0).standard_normal((8, 3))
+    broken = acts.copy()
+    broken[2, 1] = np.nan
+    with pytest.raises(AlignError, match=r"other model's activations for 'P' have 1 NaN"):
+        activation_matching({"P": acts}, {"P": broken}, method=method)  # type: ignore[arg-type]
+    broken[2, 1] = np.inf
+    with pytest.raises(AlignError, match=r"reference model's activations for 'P' have 1 NaN"):
+        activation_matching({"P": broken}, {"P": acts}, method=method)  # type: ignore[arg-type]
+
+
+def test_activation_matching_reports_overflowing_inner_products() -> None:
+    acts = np.full((4, 3), 1e200)
+    with pytest.raises(AlignError, match="overflow float64; use method='correlation'"):
+        activation_matching({"P": acts}, {"P": acts}, method="inner")
+    assert activation_matching({"P": acts}, {"P": acts})["P"].shape == (3,)
 
 
 # --------------------------------------------------------------------------- merge_many
@@ -448,3 +487,62 @@ def test_merge_many_edge_cases() -> None:
         merge_many(spec, [params, params], weights=[1.0])
     with pytest.raises(AlignError, match="two positive"):
         merge_many(spec, [params, params], weights=[1.0, 0.0])
+    with pytest.raises(AlignError, match="inner_iter"):
+        merge_many(spec, [params, params], inner_iter=0)
+
+
+def test_merge_many_refuses_nan_weights_by_model_and_tensor() -> None:
+    params = module_params(make_mlp())
+    spec = infer_spec(params)
+    broken = {**params, "0.bias": params["0.bias"].copy()}
+    broken["0.bias"][0] = np.nan
+    with pytest.raises(AlignError, match=r"'0.bias' of model 2 has 1 NaN"):
+        merge_many(spec, [params, params, broken])
+
+
+def test_merge_many_matches_each_model_to_the_mean_of_the_others(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The mean of the others comes from a running total updated as permutations change;
+    # every inner matching must still see the weighted mean of the others, as aligned then,
+    # and run at most inner_iter sweeps.
+    import fedvc.align.matching as matching
+
+    models = [module_params(make_mlp(seed)) for seed in range(4)]
+    spec = infer_spec(models[0])
+    weights = [1.0, 3.0, 0.0, 2.5]
+    current = [identity_perms(spec.check(models[0])) for _ in models]
+    calls: list[int] = []
+    descend = matching._descend
+
+    def spy(
+        spec: PermutationSpec,
+        sizes: Mapping[str, int],
+        mean: Mapping[str, np.ndarray],
+        own: Mapping[str, np.ndarray],
+        init: Mapping[str, np.ndarray],
+        seed: int,
+        inner: int,
+    ) -> dict[str, np.ndarray]:
+        i = next(k for k, m in enumerate(models) if np.array_equal(m["0.weight"], own["0.weight"]))
+        assert inner == 7
+        others = sum(w for k, w in enumerate(weights) if k != i)
+        for name, value in mean.items():
+            want = (
+                sum(
+                    weights[k]
+                    * apply_permutation(spec, current[k], models[k])[name].astype(np.float64)
+                    for k in range(len(models))
+                    if k != i
+                )
+                / others
+            )
+            np.testing.assert_allclose(value, want, rtol=1e-5, atol=1e-6)
+        found = descend(spec, sizes, mean, own, init, seed, inner)
+        current[i] = found
+        calls.append(i)
+        return found
+
+    monkeypatch.setattr(matching, "_descend", spy)
+    result = merge_many(spec, models, weights=weights, inner_iter=7, seed=1)
+    assert len(calls) == 4 * result.sweeps and result.sweeps > 1

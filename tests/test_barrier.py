@@ -53,6 +53,38 @@ def test_interpolate_refuses_different_models() -> None:
         interpolate(A, B, float("nan"))
 
 
+@pytest.mark.parametrize("t", [None, "0.5", True, np.bool_(False), float("inf")])
+def test_interpolate_refuses_a_t_that_is_not_a_finite_real(t: object) -> None:
+    with pytest.raises(BarrierError, match="finite real number"):
+        interpolate(A, B, t)  # type: ignore[arg-type]
+
+
+def test_interpolate_accepts_numpy_and_integer_t() -> None:
+    assert interpolate(A, B, np.float32(0.5))["w"].tolist() == [2.0, 0.0]
+    assert np.array_equal(interpolate(A, B, 1)["w"], B["w"])
+
+
+def test_loss_barrier_evaluates_exactly_the_interpolated_models() -> None:
+    # loss_barrier converts the models once rather than per point: same models as before
+    a = {**A, "v": np.array([0.1, 1e-3, -7.25], np.float16)}
+    b = {**B, "v": np.array([3.3, -2.0, 1e4], np.float16)}
+    seen: list[dict[str, np.ndarray]] = []
+
+    def evaluate(model: ParamMap) -> float:
+        seen.append({name: np.array(value) for name, value in model.items()})
+        model["w"][:] = 1e9  # scribbling on one point must not leak into the next
+        return 0.0
+
+    result = loss_barrier(a, b, evaluate, steps=6)
+    assert len(seen) == len(result.ts)
+    for t, model in zip(result.ts, seen, strict=True):
+        want = interpolate(a, b, t)
+        assert all(
+            model[n].dtype == want[n].dtype and model[n].tobytes() == want[n].tobytes()
+            for n in want
+        )
+
+
 @pytest.mark.parametrize("steps", [11, 10, 2])
 def test_known_barrier_of_a_quadratic(steps: int) -> None:
     first, last, evaluate = quadratic_with_bump(0.75)

@@ -308,3 +308,38 @@ def test_barrier_prints_and_plots(workdir: Path, capsys: pytest.CaptureFixture[s
     assert code == 0, err
     assert "naive" in out and "aligned" in out
     assert (workdir / "barrier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_weight_aligned_merge_measures_interference_after_alignment(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = mlp(7)
+    spec = infer_spec(base)
+    save_params(base, workdir / "base.safetensors")
+    inputs = []
+    for seed in (1, 2):
+        moved = {k: v + 0.01 * np.sign(v) for k, v in base.items()}  # the same direction
+        save_params(
+            apply_permutation(spec, random_perms(spec, moved, seed=seed), moved),
+            workdir / f"u{seed}.safetensors",
+        )
+        inputs.append(f"u{seed}.safetensors")
+    code, out, err = run(
+        capsys,
+        "merge",
+        "--base",
+        "base.safetensors",
+        *inputs,
+        "--align",
+        "weight",
+        "-o",
+        "m.safetensors",
+    )
+    assert code == 0, err
+    assert "chain(align(" in out and "fedavg()" in out
+    mean_cosine = float(out.split("mean cosine ")[1].split()[0])
+    assert mean_cosine > 0.99
+    code, out, _ = run(
+        capsys, "merge", "--base", "base.safetensors", *inputs, "-o", "n.safetensors"
+    )
+    assert float(out.split("mean cosine ")[1].split()[0]) < 0.5

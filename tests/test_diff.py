@@ -14,7 +14,7 @@ from hypothesis.extra import numpy as hnp
 from fedvc import diff as diff_module
 from fedvc.diff import DiffError, ParamDiff, apply_delta, delta, diff_params, norm
 from fedvc.errors import FedvcError
-from fedvc.tensors import TensorError
+from fedvc.tensors import DTYPES, TensorError
 
 
 def _model() -> dict[str, np.ndarray]:
@@ -193,9 +193,21 @@ def test_module_chunk_constant_is_used(monkeypatch: pytest.MonkeyPatch) -> None:
     assert norm({"t": a}) == pytest.approx(math.sqrt(float(a @ a)))
 
 
-def test_bad_chunk_size_is_rejected() -> None:
-    with pytest.raises(ValueError, match="chunk_elements"):
-        diff_params({}, {}, chunk_elements=0)
+@pytest.mark.parametrize("size", [0, -3, 2.5, True, "100"])
+def test_bad_chunk_size_is_rejected(size: object) -> None:
+    with pytest.raises(DiffError, match="chunk_elements must be a positive integer"):
+        diff_params({}, {}, chunk_elements=size)  # type: ignore[arg-type]
+    with pytest.raises(DiffError, match="chunk_elements"):
+        norm({"t": np.ones(3)}, chunk_elements=size)  # type: ignore[arg-type]
+
+
+def test_apply_delta_works_in_a_float_for_every_delta_dtype() -> None:
+    # a float base promoted with any supported delta dtype is a float, never an integer
+    base = {"t": np.array([1.5, -2.0], np.float16)}
+    for name, dtype in DTYPES.items():
+        delta = {"t": np.array([1, 0], dtype)}
+        out = apply_delta(base, delta, scale=2.0)["t"]
+        assert out.dtype == np.float16 and out.tolist() == [3.5, -2.0], name
 
 
 def test_nan_at_same_place_is_unchanged() -> None:

@@ -83,6 +83,30 @@ def test_dirichlet_respects_min_size() -> None:
     assert min(len(part) for part in parts) >= 30
 
 
+def test_dirichlet_draws_are_those_of_the_plain_per_attempt_algorithm() -> None:
+    # The class members are found once, before the attempts; the random stream must be
+    # the one of the straightforward loop, so every seeded split stays bit-identical.
+    def reference(
+        labels: np.ndarray, clients: int, alpha: float, seed: int, min_size: int
+    ) -> list[np.ndarray]:
+        rng = np.random.default_rng(seed)
+        while True:
+            parts: list[list[np.ndarray]] = [[] for _ in range(clients)]
+            for label in np.unique(labels):
+                members = rng.permutation(np.flatnonzero(labels == label))
+                proportions = rng.dirichlet(np.full(clients, alpha))
+                bounds = (np.cumsum(proportions)[:-1] * len(members)).astype(np.int64)
+                for client, piece in enumerate(np.split(members, bounds)):
+                    parts[client].append(piece)
+            if min(sum(len(p) for p in pieces) for pieces in parts) >= min_size:
+                return [np.sort(np.concatenate(pieces)) for pieces in parts]
+
+    # this seed needs 8 draws for min_size 100, so the reuse across attempts is exercised
+    got = dirichlet(LABELS, 10, 0.3, 0, min_size=100)
+    want = reference(LABELS, 10, 0.3, 0, 100)
+    assert all(np.array_equal(x, y) for x, y in zip(got, want, strict=True))
+
+
 def test_dirichlet_gives_up_with_a_clear_error() -> None:
     with pytest.raises(PartitionError, match=r"no Dirichlet.*draw out of 5.*min_size=95"):
         dirichlet(LABELS, 20, 0.01, seed=0, min_size=95, max_attempts=5)
@@ -134,6 +158,8 @@ def test_partition_table_counts() -> None:
         (lambda: dirichlet(LABELS, 5, 0.0, 0), "alpha"),
         (lambda: dirichlet(LABELS, 5, float("nan"), 0), "alpha"),
         (lambda: quantity_skew(LABELS, 5, -1.0, 0), "alpha"),
+        (lambda: dirichlet(LABELS, 5, None, 0), "alpha"),  # type: ignore[arg-type]
+        (lambda: quantity_skew(LABELS, 5, "lots", 0), "alpha"),  # type: ignore[arg-type]
         (lambda: dirichlet(LABELS, 5, 0.5, 0, min_size=-1), "min_size"),
     ],
 )

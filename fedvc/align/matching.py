@@ -105,6 +105,22 @@ def _float_views(
     return views
 
 
+def _check_finite(views: Mapping[str, np.ndarray], what: str) -> None:
+    """Refuse NaN and infinite weights up front, where the tensor can still be named.
+
+    scipy's assignment solver rejects such a cost matrix with a bare ValueError that says
+    neither which model nor which tensor is at fault; one pass over the inputs here does.
+    """
+    for name, view in views.items():
+        bad = np.count_nonzero(~np.isfinite(view))
+        if bad:
+            raise AlignError(
+                f"tensor {name!r} of {what} has {bad} NaN or infinite entries out of "
+                f"{view.size} (in {view.dtype}): weights must be finite to be matched; "
+                "check how the model was trained or loaded, or leave it out"
+            )
+
+
 def _check_pair(spec: PermutationSpec, a: ParamMap, b: ParamMap, what: str) -> dict[str, int]:
     sizes = spec.check(a)
     spec.check(b)
@@ -213,7 +229,17 @@ def _descend(
             if solved.get(p) == key:
                 continue  # same cost matrix as last time: same answer
             solved[p] = key
-            matrix = cost(p, perm, stamp)
+            with np.errstate(over="ignore", invalid="ignore"):  # reported just below
+                matrix = cost(p, perm, stamp)
+            if not np.isfinite(matrix).all():
+                # the inputs were checked finite, so only the products can have overflowed
+                dtype = cost.left[cost.terms[p][0]].dtype
+                raise AlignError(
+                    f"the cost matrix of permutation {p!r} (tensors "
+                    f"{sorted({t.tensor for t in cost.terms[p]})}) has NaN or infinite entries "
+                    f"although the weights are finite: their products overflow {dtype}; "
+                    "scale the models down, or pass them as float64, and align again"
+                )
             rows, cols = linear_sum_assignment(matrix, maximize=True)
             old, new = matrix[rows, perm[p]], matrix[rows, cols]
             if new.sum() - old.sum() > cost.rounding(p):
@@ -247,6 +273,8 @@ def weight_matching(
     start = identity_perms(sizes) if init is None else check_perms(spec, init, sizes)
     dtype = _compute_dtype(spec, [reference, other])
     ref, oth = _float_views(spec, reference, dtype), _float_views(spec, other, dtype)
+    _check_finite(ref, "the reference")
+    _check_finite(oth, "the other model")
     return _descend(spec, sizes, ref, oth, start, seed, max_iter)
 
 
@@ -283,9 +311,24 @@ def activation_matching(
                 f"activations for {name!r} must be two (n_samples, width) arrays of one "
                 f"shape with at least 2 samples, got {list(a.shape)} and {list(b.shape)}"
             )
+        for which, acts in (("reference", a), ("other", b)):
+            if not np.isfinite(acts).all():
+                raise AlignError(
+                    f"the {which} model's activations for {name!r} have "
+                    f"{np.count_nonzero(~np.isfinite(acts))} NaN or infinite entries: units "
+                    "cannot be matched by them; check the model and the inputs they were "
+                    "recorded on"
+                )
         if method == "correlation":
             a, b = _standardize(a), _standardize(b)
-        _, cols = linear_sum_assignment(a.T @ b / a.shape[0], maximize=True)
+        with np.errstate(over="ignore", invalid="ignore"):  # reported just below
+            similarity = a.T @ b / a.shape[0]
+        if not np.isfinite(similarity).all():
+            raise AlignError(
+                f"the inner products of the activations for {name!r} overflow float64; "
+                "use method='correlation', which standardises them, or scale them down"
+            )
+        _, cols = linear_sum_assignment(similarity, maximize=True)
         perms[name] = cols.astype(np.intp)
     return perms
 
@@ -320,6 +363,7 @@ def merge_many(
     max_iter: int = 20,
     seed: int = 0,
     weights: Sequence[float] | None = None,
+    inner_iter: int = 100,
 ) -> MergeManyResult:
     """Align models with no common base into one basis (Git Re-Basin's MergeMany).
 
@@ -328,43 +372,78 @@ def merge_many(
     aligned, until a whole pass changes no permutation or ``max_iter`` passes ran. The
     common basis is not any one input's; each output is a pure permutation of its input,
     so averaging the outputs (FedAvg, Fisher merging) is the merge itself.
+
+    ``max_iter`` bounds those passes; ``inner_iter`` bounds the coordinate-descent sweeps
+    of each single weight matching inside a pass (``weight_matching``'s ``max_iter``), a
+    separate limit because one pass over many models runs many matchings. The weighted
+    mean of the others is the weighted total of all aligned models, kept in float64 and
+    updated when a model's permutation changes, less the model's own share, so a pass
+    costs O(models) model-sized operations rather than O(models²).
     """
     count = len(models)
     if count == 0:
         raise AlignError("merge_many needs at least one model, got none")
     if max_iter < 1:
         raise AlignError(f"max_iter must be at least 1, got {max_iter}")
+    if inner_iter < 1:
+        raise AlignError(f"inner_iter must be at least 1, got {inner_iter}")
     w = _merge_weights(weights, count)
     sizes = spec.check(models[0])
     for i, model in enumerate(models[1:], start=1):
         _check_pair(spec, models[0], model, f"model {i}")
     dtype = _compute_dtype(spec, models)
     views = [_float_views(spec, model, dtype) for model in models]
+    for i, view in enumerate(views):
+        _check_finite(view, f"model {i}")
     perms = [identity_perms(sizes) for _ in models]
     aligned = list(views)  # each model as currently permuted, in the compute dtype
+    total = {name: np.zeros(v.shape, np.float64) for name, v in views[0].items()}
+    for j, model in enumerate(aligned):
+        _add_share(total, model, w[j])
     rng = np.random.default_rng(seed)
     sweeps, converged = 0, count == 1
     while not converged and sweeps < max_iter:
         sweeps += 1
         converged = True
         for i in rng.permutation(count):
-            share = [w[j] if j != i else 0.0 for j in range(count)]
-            total = sum(share)
-            mean = {name: np.zeros_like(v) for name, v in views[i].items()}
-            for j in (j for j, s in enumerate(share) if s > 0):
-                for name, value in mean.items():
-                    value += (share[j] / total) * aligned[j][name]
+            others = sum(w[j] for j in range(count) if j != i)
+            mean = _mean_of_others(total, aligned[i], w[i], others, dtype)
             inner_seed = int(rng.integers(2**63))
-            found = _descend(spec, sizes, mean, views[i], perms[i], inner_seed, 100)
+            found = _descend(spec, sizes, mean, views[i], perms[i], inner_seed, inner_iter)
             if any(not np.array_equal(found[p], perms[i][p]) for p in sizes):
                 converged = False
                 perms[i] = found
+                _add_share(total, aligned[i], -w[i])
                 aligned[i] = {
                     name: permute_tensor(v, spec.axes_to_perm[name], found, None)
                     for name, v in views[i].items()
                 }
+                _add_share(total, aligned[i], w[i])
     out = [apply_permutation(spec, p, model) for p, model in zip(perms, models, strict=True)]
     return MergeManyResult(models=out, perms=perms, sweeps=sweeps, converged=converged)
+
+
+def _add_share(total: dict[str, np.ndarray], model: Mapping[str, np.ndarray], w: float) -> None:
+    """``total += w · model`` in float64, so a narrow model's product is not rounded first."""
+    if w:
+        for name, value in total.items():
+            value += np.multiply(model[name], w, dtype=np.float64)
+
+
+def _mean_of_others(
+    total: Mapping[str, np.ndarray],
+    own: Mapping[str, np.ndarray],
+    w: float,
+    others: float,
+    dtype: type[np.floating[Any]],
+) -> dict[str, np.ndarray]:
+    """``(total - w · own) / others`` in ``dtype``: the weighted mean of the other models."""
+    mean: dict[str, np.ndarray] = {}
+    for name, value in total.items():
+        rest = value - np.multiply(own[name], w, dtype=np.float64) if w else value.copy()
+        rest /= others
+        mean[name] = rest.astype(dtype, copy=False)
+    return mean
 
 
 def _merge_weights(weights: Sequence[float] | None, count: int) -> list[float]:

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from fedvc.align import PermutationSpec
 from fedvc.errors import FedvcError
 from fedvc.objects import ObjectId
 from fedvc.repo import Repository
@@ -72,3 +73,13 @@ def parse_assignments(items: Sequence[str], option: str) -> dict[str, Any]:
             value = text
         values[key] = value
     return values
+
+
+def read_spec(path: str | None) -> PermutationSpec | None:
+    """The ``--spec`` file, if one was given."""
+    if path is None:
+        return None
+    try:
+        return PermutationSpec.from_json(Path(path).read_text())
+    except OSError as exc:
+        raise UsageError(f"--spec {path}: cannot read it: {exc}") from None

@@ -4,11 +4,10 @@ modulo permutation)."""
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from fedvc import render
-from fedvc.align import PermutationSpec, apply_permutation, infer_spec, l2_distance, weight_matching
-from fedvc.cli.common import UsageError, load_model, maybe_repo, print_json
+from fedvc.align import apply_permutation, infer_spec, l2_distance, weight_matching
+from fedvc.cli.common import UsageError, load_model, maybe_repo, print_json, read_spec
 from fedvc.diff import ParamDiff, diff_params
 from fedvc.interference import InterferenceReport, interference_report
 from fedvc.repo import Repository
@@ -122,7 +121,7 @@ def interference_lines(report: InterferenceReport) -> list[str]:
 def _aligned(args: argparse.Namespace, repo: Repository | None) -> int:
     a = load_model(repo, args.inputs[0])[0]
     b = load_model(repo, args.inputs[1])[0]
-    spec = PermutationSpec.from_json(Path(args.spec).read_text()) if args.spec else infer_spec(a)
+    spec = read_spec(args.spec) or infer_spec(a)
     aligned = apply_permutation(spec, weight_matching(spec, a, b), b)
     raw, after = l2_distance(a, b), l2_distance(a, aligned)
     if args.json:

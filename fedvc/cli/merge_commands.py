@@ -34,9 +34,11 @@ from fedvc.cli.common import (
     load_model,
     maybe_repo,
     parse_assignments,
+    read_spec,
 )
 from fedvc.interference import interference_report
-from fedvc.merge import MergeStrategy, Update, align, chain, fedavg, make
+from fedvc.merge import MergeStrategy, StrategySpec, Update, align, chain, fedavg, make
+from fedvc.merge.matched import permute_update
 from fedvc.objects import ObjectId, short_id
 from fedvc.repo import Repository, branch_ref
 from fedvc.signing import SigningKey
@@ -76,23 +78,12 @@ def _weights(text: str | None, count: int) -> list[float]:
     return weights
 
 
-def _spec(path: str | None) -> PermutationSpec | None:
-    if path is None:
-        return None
-    try:
-        return PermutationSpec.from_json(Path(path).read_text())
-    except OSError as exc:
-        raise UsageError(f"--spec {path}: cannot read it: {exc}") from None
-
-
-def _strategy(args: argparse.Namespace, spec: PermutationSpec | None) -> MergeStrategy:
+def _strategy(args: argparse.Namespace) -> MergeStrategy:
     built = make(args.strategy, parse_assignments(args.param, "--param"))
     if not isinstance(built, MergeStrategy):
         raise UsageError(
             f"{args.strategy!r} transforms updates; use a merge strategy with --strategy"
         )
-    if args.align == "weight":
-        return chain(align(spec), built)
     return built
 
 
@@ -135,14 +126,7 @@ def _activation_aligned(
     aligned = []
     for update in updates:
         perms = activation_matching(reference, activations(update.params))
-        aligned.append(
-            update.with_params(
-                apply_permutation(symmetry, perms, update.params),
-                fisher=None
-                if update.fisher is None
-                else apply_permutation(symmetry, perms, update.fisher),
-            )
-        )
+        aligned.append(permute_update(symmetry, perms, update))
     return aligned
 
 
@@ -161,20 +145,25 @@ def cmd_merge(args: argparse.Namespace) -> int:
             args.inputs, weights, fishers or [None] * len(args.inputs), strict=True
         )
     ]
-    spec = _spec(args.spec)
-    strategy = _strategy(args, spec)
-    if args.align == "activation":
+    spec = read_spec(args.spec)
+    strategy = _strategy(args)
+    recorded = strategy.spec
+    if args.align == "weight":  # align here, so interference is measured in one basis too
+        aligner = align(spec)
+        updates = aligner.apply(base, updates)
+        recorded = chain(aligner, strategy).spec
+    elif args.align == "activation":
         updates = _activation_aligned(args, base, updates, spec)
     merged, _ = strategy.merge(base, updates, strategy.init(base))
     out = Path(args.output)
     save_params(merged, out)
-    print(f"merged {len(updates)} inputs with {strategy.spec} -> {out}")
+    print(f"merged {len(updates)} inputs with {recorded} -> {out}")
 
     summary = interference_report(base, updates).summary() if base is not None and updates else None
     if summary is not None:
         print(f"interference score {summary['score']:.3f}, mean cosine {summary['mean_cosine']}")
     if repo is not None and not args.no_commit:
-        _record(repo, args, merged, updates, strategy, summary)
+        _record(repo, args, merged, updates, recorded, summary)
     return 0
 
 
@@ -183,7 +172,7 @@ def _record(
     args: argparse.Namespace,
     merged: dict[str, np.ndarray],
     updates: Sequence[Update],
-    strategy: MergeStrategy,
+    strategy: StrategySpec,
     interference: dict[str, Any] | None,
 ) -> None:
     """Commit the merge; move ``--branch`` (or HEAD's branch when its tip is a parent)."""
@@ -196,14 +185,14 @@ def _record(
     ]
     metadata = {
         "merge": {
-            "strategy": strategy.spec.to_json(),
+            "strategy": strategy.to_json(),
             "align": args.align,
             "inputs": [{"input": u.client, "weight": u.weight} for u in updates],
             "interference": interference,
         }
     }
     signer = SigningKey.load(args.key) if args.key else None
-    message = args.message or f"merge {len(updates)} models with {strategy.spec.name}"
+    message = args.message or f"merge {len(updates)} models with {strategy}"
     snapshot = repo.write_snapshot(merged)
     oid = repo.write_commit(
         snapshot, parents=parents, message=message, metadata=metadata, signer=signer
@@ -229,7 +218,7 @@ def cmd_barrier(args: argparse.Namespace) -> int:
     def evaluate(params: ParamMap) -> float:
         return torch_io.classification_loss(module, params, inputs, targets)
 
-    spec = _spec(args.spec) or infer_spec(a)
+    spec = read_spec(args.spec) or infer_spec(a)
     aligned_b = apply_permutation(spec, weight_matching(spec, a, b), b)
     results = {
         "naive": loss_barrier(a, b, evaluate, steps=args.steps),

@@ -21,6 +21,7 @@ into the strategy.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -60,12 +61,22 @@ class StrategySpec:
                 f"a strategy spec is {{'name': str, 'params': {{...}}}}, got {value!r}"
             )
         params = value.get("params", {})
-        if not isinstance(params, Mapping):
+        if not isinstance(params, Mapping) or not all(isinstance(k, str) for k in params):
             raise MergeError(
-                f"strategy {value['name']!r}: 'params' must be an object, got {params!r}"
+                f"strategy {value['name']!r}: 'params' must be an object with string keys, "
+                f"got {params!r}"
             )
-        children = tuple(cls.from_json(child) for child in value.get("children", ()))
-        return cls(value["name"], dict(params), children)
+        children = value.get("children", [])
+        # A spec comes from a commit's metadata, i.e. from JSON: children are a list of
+        # objects. Anything else is a corrupt or hand-written spec, not a strategy.
+        if not isinstance(children, (list, tuple)) or not all(
+            isinstance(child, Mapping) for child in children
+        ):
+            raise MergeError(
+                f"strategy {value['name']!r}: 'children' must be a list of strategy specs "
+                f"({{'name': str, 'params': {{...}}}}), got {children!r}; fix or drop it"
+            )
+        return cls(value["name"], dict(params), tuple(cls.from_json(c) for c in children))
 
     def __str__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in sorted(self.params.items()))
@@ -82,8 +93,8 @@ class Update:
     of training examples); ``fisher`` is its diagonal Fisher information when the client
     sent one; ``extras`` holds anything else attached to it (optimizer moments), which an
     alignment permutes together with ``params``. ``client`` is a stable id (the update's
-    commit id): updates are merged in ``client`` order, so the same inputs give the same
-    bits whatever order they arrived in.
+    commit id), distinct within a round: updates are merged in ``client`` order, so the
+    same inputs give the same bits whatever order they arrived in.
     """
 
     params: ParamMap
@@ -103,7 +114,14 @@ class Update:
 
 
 class Accumulator(Protocol):
-    """Takes updates one at a time and holds O(model) memory."""
+    """Takes updates one at a time and holds O(model) memory.
+
+    Floating-point sums depend on the order of their terms, and an accumulator sums in
+    the order ``add`` is called. For bit-identical results, whatever order the updates
+    arrived in, add them in client-id order (``ordered(updates)``), as the batch
+    ``merge`` of a streaming strategy does; adding them as they arrive gives the same
+    result up to rounding only.
+    """
 
     def add(self, update: Update) -> None: ...
 
@@ -176,13 +194,59 @@ def per_update(
 
 
 def ordered(updates: Iterable[Update]) -> list[Update]:
-    """Updates in canonical order (by client id), so merges do not depend on arrival order."""
-    return sorted(updates, key=lambda update: update.client)
+    """Updates in canonical order (by client id), so merges do not depend on arrival order.
+
+    The order is canonical only when client ids are distinct: two updates with one id
+    (such as the default ``""``) would fall back to arrival order, and DARE would draw
+    the same random mask for both. So a shared id is refused rather than merged.
+    """
+    result = sorted(updates, key=lambda update: update.client)
+    for previous, update in itertools.pairwise(result):
+        if previous.client == update.client:
+            raise MergeError(
+                f"two updates have the same client id {update.client!r}; merges order "
+                "updates by client id to be reproducible, so give each update a distinct "
+                "`client` (e.g. its commit id)"
+            )
+    return result
+
+
+def top_k_count(density: float, size: int) -> int:
+    """How many of ``size`` entries a top-``density`` selection keeps: ⌈density·size⌉.
+
+    TIES's trim and the interference report's overlap masks must agree on this count
+    (the overlap measures what the trim keeps). The slack absorbs float error in the
+    product (0.07 · 100 is 7.000000000000001, which must keep 7, not 8), and at least
+    one entry is kept so that a tiny density still selects something.
+    """
+    return min(size, max(1, math.ceil(density * size - _TOP_K_SLACK)))
+
+
+_TOP_K_SLACK = 1e-9
+"""Float error tolerated in ``density · size`` before rounding it up."""
 
 
 def require_updates(updates: Sequence[Update], name: str) -> None:
     if not updates:
         raise MergeError(f"{name}: a merge needs at least one update, got none")
+
+
+def finite_number(name: str, label: str, value: object, *, positive: bool = False) -> float:
+    """``value`` as a float, or a MergeError naming the parameter.
+
+    Strategy parameters come from Python calls and from JSON specs alike, so a string or
+    a bool (which Python counts as an int) must be refused here rather than fail, or
+    silently mean 1, deep inside a merge.
+    """
+    if (
+        not isinstance(value, (int, float))
+        or isinstance(value, bool)
+        or not math.isfinite(value)
+        or (positive and value <= 0)
+    ):
+        kind = "a finite number > 0" if positive else "a finite number"
+        raise MergeError(f"{name}({label}=...) must be {kind}, got {value!r}")
+    return float(value)
 
 
 def require_weight(name: str, count: int, total: float) -> None:

@@ -42,19 +42,35 @@ class _TransformingAccumulator:
         return self._inner.finish()
 
 
+def _describe(part: object) -> str:
+    """What was given, for an error: a function's name rather than its repr's address."""
+    name = getattr(part, "__qualname__", None)
+    if callable(part) and isinstance(name, str):
+        return f"{name} (not called)"
+    return repr(part)
+
+
 def chain(*parts: UpdateTransform | MergeStrategy) -> MergeStrategy:
     """Transforms in order, then the strategy given last."""
     if not parts or not isinstance(parts[-1], MergeStrategy):
+        given = _describe(parts[-1]) if parts else "nothing"
         raise MergeError(
-            "chain(...) ends with a merge strategy, e.g. chain(clip_by_norm(5.0), fedavg())"
+            f"chain(...) ends with a merge strategy, e.g. chain(clip_by_norm(5.0), fedavg()), "
+            f"but got {given} last"
         )
     *transforms, last = parts
     final: MergeStrategy = last  # type: ignore[assignment]  # checked just above
     for part in transforms:
-        if not isinstance(part, UpdateTransform):
+        if isinstance(part, MergeStrategy):
             raise MergeError(
                 f"chain(...): only the last part may be a merge strategy, but {part.spec.name} "
                 "comes earlier"
+            )
+        if not isinstance(part, UpdateTransform):
+            # Typically a factory passed uncalled: chain(clip_by_norm, fedavg()).
+            raise MergeError(
+                f"chain(...): every part before the last must be an update transform such as "
+                f"clip_by_norm(5.0), got {_describe(part)}; call the factory to build it"
             )
     steps = [t for t in transforms if isinstance(t, UpdateTransform)]
     spec = StrategySpec("chain", {}, tuple(part.spec for part in parts))

@@ -82,6 +82,19 @@ def _check_fisher(update: Update) -> ParamMap:
     return fisher
 
 
+def _check_range(fisher: np.ndarray, where: str) -> None:
+    """Every Fisher entry finite and ≥ 0, checked chunk by chunk (no model-sized mask)."""
+    flat = fisher.reshape(-1)
+    for start in range(0, flat.size, CHUNK):
+        chunk = flat[start : start + CHUNK]
+        low, high = chunk.min(), chunk.max()
+        if not (low >= 0 and high < np.inf):  # also false for NaN
+            raise MergeError(
+                f"{NAME}: {where} has a Fisher entry of {low if not low >= 0 else high}; "
+                "Fisher information is a mean of squares, finite and ≥ 0"
+            )
+
+
 def _add_fisher_weighted(
     numerator: np.ndarray,
     denominator: np.ndarray,
@@ -90,22 +103,14 @@ def _add_fisher_weighted(
     weight: float,
     epsilon: float,
     scratch: np.ndarray,
-    where: str,
 ) -> None:
     """``denominator += w(F+ε)`` and ``numerator += w(F+ε)θ``, chunk by chunk."""
     flat_num, flat_den = numerator.reshape(-1), denominator.reshape(-1)
     flat_values, flat_fisher = values.reshape(-1), fisher.reshape(-1)
     for start in range(0, flat_num.size, CHUNK):
         stop = min(start + CHUNK, flat_num.size)
-        chunk = flat_fisher[start:stop]
-        low, high = chunk.min(), chunk.max()
-        if not (low >= 0 and high < np.inf):  # also false for NaN
-            raise MergeError(
-                f"{NAME}: {where} has a Fisher entry of {low if not low >= 0 else high}; "
-                "Fisher information is a mean of squares, finite and ≥ 0"
-            )
         part = scratch[: stop - start]
-        np.add(chunk, epsilon, out=part, casting="unsafe")
+        np.add(flat_fisher[start:stop], epsilon, out=part, casting="unsafe")
         np.multiply(part, weight, out=part)
         np.add(flat_den[start:stop], part, out=flat_den[start:stop])
         np.multiply(part, flat_values[start:stop], out=part, casting="unsafe")
@@ -113,7 +118,12 @@ def _add_fisher_weighted(
 
 
 class FisherAccumulator:
-    """Running ``Σ wᵢ(Fᵢ+ε)θᵢ`` and ``Σ wᵢ(Fᵢ+ε)`` over updates added one at a time."""
+    """Running ``Σ wᵢ(Fᵢ+ε)θᵢ`` and ``Σ wᵢ(Fᵢ+ε)`` over updates added one at a time.
+
+    ``add`` is all or nothing: a rejected update (wrong tensors or shapes, a missing or
+    out-of-range Fisher) is refused before any sum changes, so the caller can drop it and
+    go on adding the other clients' updates.
+    """
 
     def __init__(self, epsilon: float) -> None:
         self.epsilon = epsilon
@@ -124,8 +134,25 @@ class FisherAccumulator:
         self.count = 0
         self._scratch: dict[np.dtype, np.ndarray] = {}
 
-    def add(self, update: Update) -> None:
+    def _check(self, update: Update) -> ParamMap:
+        """The update's Fisher map, after checking everything ``add`` relies on."""
         fisher = _check_fisher(update)
+        if self.dtypes and update.params.keys() != self.dtypes.keys():
+            raise MergeError(
+                f"{NAME}: update {update.client!r} names different tensors than the first update"
+            )
+        for key, array in update.params.items():
+            if self.dtypes and array.shape != self.numerators[key].shape:
+                raise MergeError(
+                    f"{NAME}: update {update.client!r} tensor {key!r} has shape "
+                    f"{array.shape}, expected {self.numerators[key].shape}"
+                )
+            if np.issubdtype(self.dtypes.get(key, array.dtype), np.floating):
+                _check_range(np.asarray(fisher[key]), f"update {update.client!r} tensor {key!r}")
+        return fisher
+
+    def add(self, update: Update) -> None:
+        fisher = self._check(update)
         if not self.dtypes:
             for key, array in update.params.items():
                 dtype = _accumulator_dtype(array.dtype)
@@ -133,21 +160,11 @@ class FisherAccumulator:
                 self.numerators[key] = np.zeros(array.shape, dtype)
                 if np.issubdtype(array.dtype, np.floating):
                     self.denominators[key] = np.zeros(array.shape, dtype)
-        elif update.params.keys() != self.dtypes.keys():
-            raise MergeError(
-                f"{NAME}: update {update.client!r} names different tensors than the first update"
-            )
         for key, array in update.params.items():
             numerator = self.numerators[key]
-            if array.shape != numerator.shape:
-                raise MergeError(
-                    f"{NAME}: update {update.client!r} tensor {key!r} has shape "
-                    f"{array.shape}, expected {numerator.shape}"
-                )
             scratch = self._scratch.setdefault(numerator.dtype, np.empty(CHUNK, numerator.dtype))
             values = np.asarray(array)
             if key in self.denominators:
-                where = f"update {update.client!r} tensor {key!r}"
                 _add_fisher_weighted(
                     numerator,
                     self.denominators[key],
@@ -156,7 +173,6 @@ class FisherAccumulator:
                     update.weight,
                     self.epsilon,
                     scratch,
-                    where,
                 )
             else:
                 _add_scaled(numerator, values, update.weight, scratch)
@@ -185,7 +201,11 @@ def fisher(epsilon: float = 1e-8) -> MergeStrategy:
     ``epsilon`` (> 0) is the Fisher floor that makes coordinates no client's Fisher covers
     fall back to the example-weighted mean; see the module docstring.
     """
-    if not (math.isfinite(epsilon) and epsilon > 0):
+    if (
+        not isinstance(epsilon, (int, float))
+        or isinstance(epsilon, bool)  # True would silently mean ε = 1
+        or not (math.isfinite(epsilon) and epsilon > 0)
+    ):
         raise MergeError(
             f"{NAME}: epsilon must be a finite number > 0 (it keeps Σ λF + ε away from zero), "
             f"got {epsilon!r}; the default is 1e-8"

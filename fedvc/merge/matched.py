@@ -20,17 +20,14 @@ References:
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
-
-import numpy as np
 
 from fedvc.align import PermutationSpec, apply_permutation, infer_spec, merge_many, weight_matching
 from fedvc.merge.base import (
     MergeError,
     MergeStrategy,
-    State,
     StrategySpec,
     Update,
     UpdateTransform,
@@ -43,13 +40,21 @@ from fedvc.merge.fisher import fisher
 from fedvc.tensors import ParamMap
 
 
-def _permuted(
-    spec: PermutationSpec, perms: Mapping[str, Any], update: Update, params: ParamMap
+def permute_update(
+    spec: PermutationSpec, perms: Mapping[str, Any], update: Update, params: ParamMap | None = None
 ) -> Update:
+    """``update`` with its params, Fisher and extras all permuted by ``perms``.
+
+    ``params`` may pass the already permuted params (MergeMany computes them). Extras
+    (optimizer moments) usually cover the trainable tensors only, not buffers such as
+    running statistics, so they are permuted where present (strict=False).
+    """
     return update.with_params(
-        params,
+        apply_permutation(spec, perms, update.params) if params is None else params,
         fisher=None if update.fisher is None else apply_permutation(spec, perms, update.fisher),
-        extras={k: apply_permutation(spec, perms, v) for k, v in update.extras.items()},
+        extras={
+            k: apply_permutation(spec, perms, v, strict=False) for k, v in update.extras.items()
+        },
     )
 
 
@@ -67,11 +72,21 @@ def align(
     given = None if spec is None else _as_spec(spec)
     params: dict[str, Any] = {"max_iter": max_iter, "seed": seed}
     if given is not None:
-        params["spec"] = json.loads(given.to_json())
+        params["spec"] = given.to_dict()
     transform_spec = StrategySpec("align", params)
+    # Inferring the symmetry walks the whole state_dict; a streamed round aligns every
+    # update against one base, so infer it once per base. The memo holds the base itself,
+    # not just its id(), so the id cannot be reused by another object while it is cached.
+    inferred: list[tuple[ParamMap, PermutationSpec]] = []
 
     def spec_for(model: ParamMap) -> PermutationSpec:
-        return given if given is not None else infer_spec(model)
+        if given is not None:
+            return given
+        if inferred and inferred[0][0] is model:
+            return inferred[0][1]
+        symmetry = infer_spec(model)
+        inferred[:] = [(model, symmetry)]
+        return symmetry
 
     def apply_one(base: ParamMap | None, update: Update) -> Update:
         if base is None:
@@ -81,7 +96,7 @@ def align(
             )
         symmetry = spec_for(base)
         perms = weight_matching(symmetry, base, update.params, max_iter=max_iter, seed=seed)
-        return _permuted(symmetry, perms, update, apply_permutation(symmetry, perms, update.params))
+        return permute_update(symmetry, perms, update)
 
     def apply(base: ParamMap | None, updates: Sequence[Update]) -> list[Update]:
         updates = ordered(updates)
@@ -99,7 +114,7 @@ def align(
             seed=seed,
         )
         return [
-            _permuted(symmetry, perms, update, model)
+            permute_update(symmetry, perms, update, model)
             for update, perms, model in zip(updates, result.perms, result.models, strict=True)
         ]
 
@@ -109,16 +124,14 @@ def align(
 def _as_spec(spec: PermutationSpec | Mapping[str, Any] | str) -> PermutationSpec:
     if isinstance(spec, PermutationSpec):
         return spec
-    return PermutationSpec.from_json(spec if isinstance(spec, str) else json.dumps(spec))
+    if isinstance(spec, str):
+        return PermutationSpec.from_json(spec)
+    return PermutationSpec.from_dict(dict(spec))
 
 
 def _named(name: str, params: dict[str, Any], inner: MergeStrategy) -> MergeStrategy:
-    def merge(
-        base: ParamMap | None, updates: Sequence[Update], state: State
-    ) -> tuple[dict[str, np.ndarray], State]:
-        return inner.merge(base, updates, state)
-
-    return MergeStrategy(StrategySpec(name, params), inner.init, merge, inner.accumulate)
+    """``inner`` recorded under its own name, so a merge commit says ``matched``."""
+    return replace(inner, spec=StrategySpec(name, params))
 
 
 def matched(max_iter: int = 100, seed: int = 0) -> MergeStrategy:

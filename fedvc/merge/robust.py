@@ -37,9 +37,11 @@ rounded half to even back to their dtype. Krum leaves them out of its distances:
 measures how long a client trained, not where its model lies, and would otherwise make
 Krum choose by dataset size. The chosen client's counters come along with its model.
 
-None of these rules stream: each needs every client's value at once. They go tensor by
-tensor and ``CHUNK`` entries at a time, so peak memory is O(clients · CHUNK) on top of
-the O(model) result.
+None of these rules stream: each needs every client's value at once. ``median``,
+``trimmed_mean`` and Krum's scoring go tensor by tensor and ``CHUNK`` entries at a time,
+so their working memory is O(clients · CHUNK) on top of the O(model) result. Multi-Krum's
+weighted mean and ``clip_by_norm`` work a whole tensor at a time in float64, so they also
+take a few float64 copies of the largest tensor.
 
 References:
     Yin, Chen, Ramchandran, Bartlett, "Byzantine-Robust Distributed Learning: Towards
@@ -65,9 +67,11 @@ from fedvc.merge.base import (
     Update,
     UpdateTransform,
     check_same_structure,
+    finite_number,
     ordered,
     per_update,
     require_updates,
+    require_weight,
     stateless,
 )
 from fedvc.tensors import ParamMap
@@ -282,11 +286,7 @@ def multikrum(f: int = 1, m: int | None = None) -> MergeStrategy:
         ranking = _krum_ranking("multikrum", f, clients, reference)
         selected = [clients[i] for i in sorted(ranking[:count])]
         total = sum(update.weight for update in selected)
-        if total <= 0:
-            raise MergeError(
-                f"multikrum: the {count} selected updates' weights sum to {total}; "
-                "give positive weights"
-            )
+        require_weight("multikrum", count, total)
         result: dict[str, np.ndarray] = {}
         for key in sorted(reference):
             # Offsets from the first selected model: identical models average exactly.
@@ -313,7 +313,7 @@ def _delta_norm(base: ParamMap, params: ParamMap) -> float:
                 stop = min(start + CHUNK, origin.size)
                 step = moved[start:stop].astype(np.float64) - origin[start:stop]
                 total += float(np.dot(step, step))
-    return math.sqrt(total) if total >= 0 else math.nan
+    return math.sqrt(total)
 
 
 def clip_by_norm(max_norm: float) -> UpdateTransform:
@@ -328,15 +328,7 @@ def clip_by_norm(max_norm: float) -> UpdateTransform:
     ``chain(clip_by_norm(5.0), fedavg())`` still streams. A delta with NaN or inf entries
     cannot be bounded and is refused.
     """
-    if (
-        not isinstance(max_norm, (int, float))
-        or isinstance(max_norm, bool)
-        or not math.isfinite(max_norm)
-        or max_norm <= 0
-    ):
-        raise MergeError(
-            f"clip_by_norm(max_norm=...) must be a finite number > 0, got {max_norm!r}"
-        )
+    finite_number("clip_by_norm", "max_norm", max_norm, positive=True)
     spec = StrategySpec("clip_by_norm", {"max_norm": float(max_norm)})
 
     def clip(base: ParamMap | None, update: Update) -> Update:

@@ -49,37 +49,20 @@ from fedvc.merge.base import (
     StrategySpec,
     Update,
     check_same_structure,
+    finite_number,
     ordered,
     require_updates,
     require_weight,
     stateless,
     streaming_strategy,
+    top_k_count,
 )
+from fedvc.merge.fedavg import _accumulator_dtype
+from fedvc.merge.robust import _cast, _floating
 from fedvc.tensors import ParamMap
 
 COLINEAR = 0.9995
 """|cos| above which slerp falls back to linear interpolation (mergekit's threshold)."""
-
-_EPSILON = 1e-9
-
-
-def _floating(dtype: np.dtype) -> bool:
-    return bool(np.issubdtype(dtype, np.floating))
-
-
-def _work_dtype(dtype: np.dtype) -> np.dtype:
-    """Where a tensor's sums live: float64 for float64, float32 for other floats, float64
-    for integer counters (as FedAvg accumulates)."""
-    if dtype == np.float64 or not _floating(dtype):
-        return np.dtype(np.float64)
-    return np.dtype(np.float32)
-
-
-def _cast(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """Results back into a tensor's dtype; integers and bools round half to even."""
-    if not _floating(dtype):
-        values = np.rint(values)
-    return values.astype(dtype)
 
 
 def _need_base(name: str, base: ParamMap | None) -> ParamMap:
@@ -112,7 +95,7 @@ class _TaskSum:
 
     def __init__(self, name: str, base: ParamMap, scale: float, drop: Drop | None) -> None:
         self.name, self.base, self.scale, self.drop = name, base, scale, drop
-        self.sums = {key: np.zeros(a.shape, _work_dtype(a.dtype)) for key, a in base.items()}
+        self.sums = {key: np.zeros(a.shape, _accumulator_dtype(a.dtype)) for key, a in base.items()}
         self.total = 0.0
         self.count = 0
 
@@ -159,8 +142,7 @@ def task_arithmetic(scale: float = 1.0) -> MergeStrategy:
     With equal weights this is ``base + scale · Σ τᵢ``, the paper's sum of task vectors;
     ``scale = 1/n`` makes it the weighted mean of the models (FedAvg, up to rounding).
     """
-    if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not math.isfinite(scale):
-        raise MergeError(f"task_arithmetic(scale=...) must be a finite number, got {scale!r}")
+    finite_number("task_arithmetic", "scale", scale)
     return _task_sum(StrategySpec("task_arithmetic", {"scale": float(scale)}), scale, None)
 
 
@@ -183,8 +165,7 @@ def dare(density: float = 0.5, scale: float = 1.0, seed: int = 0) -> MergeStrate
     the same numpy, whose generator streams may change between versions).
     """
     keep = _check_number("dare", "density", density, 0.0, 1.0)
-    if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not math.isfinite(scale):
-        raise MergeError(f"dare(scale=...) must be a finite number, got {scale!r}")
+    finite_number("dare", "scale", scale)
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise MergeError(f"dare(seed=...) must be an integer, got {seed!r}")
 
@@ -208,7 +189,7 @@ def _weighted_mean(clients: Sequence[Update], key: str, weights: np.ndarray) -> 
 def _trim(taus: np.ndarray, density: float) -> None:
     """Zero all but each row's top-``density`` magnitudes, in place (ties all kept)."""
     size = taus.shape[1]
-    kept = min(size, math.ceil(density * size - _EPSILON))
+    kept = top_k_count(density, size)
     if kept >= size:
         return
     magnitudes = np.abs(taus)
@@ -231,8 +212,7 @@ def ties(density: float = 0.2, scale: float = 1.0) -> MergeStrategy:
     The result is ``base + scale · merged``. With equal weights this is the paper's rule.
     """
     keep = _check_number("ties", "density", density, 0.0, 1.0)
-    if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not math.isfinite(scale):
-        raise MergeError(f"ties(scale=...) must be a finite number, got {scale!r}")
+    finite_number("ties", "scale", scale)
     spec = StrategySpec("ties", {"density": keep, "scale": float(scale)})
 
     def merge(
@@ -243,10 +223,7 @@ def ties(density: float = 0.2, scale: float = 1.0) -> MergeStrategy:
         clients = ordered(updates)
         check_same_structure(origin_map, clients)
         weights = np.array([update.weight for update in clients])
-        if weights.sum() <= 0:
-            raise MergeError(
-                f"ties: the updates' weights sum to {weights.sum()}; give positive weights"
-            )
+        require_weight("ties", len(clients), float(weights.sum()))
         result: dict[str, np.ndarray] = {}
         for key in sorted(origin_map):
             origin = origin_map[key]

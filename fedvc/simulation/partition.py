@@ -69,7 +69,15 @@ def _check_clients(clients: int, available: int, what: str = "examples") -> None
 
 
 def _check_alpha(alpha: float) -> float:
-    value = float(alpha)
+    try:
+        value = float(alpha)
+    except (TypeError, ValueError):
+        # Report a bad alpha as every other bad argument is reported, so callers that
+        # catch PartitionError (the CLI, sweeps over settings) see it too.
+        raise PartitionError(
+            f"alpha, the Dirichlet concentration, must be a finite number > 0, got {alpha!r} "
+            f"of type {type(alpha).__name__}; pass a number such as 0.1 or 100"
+        ) from None
     if not (math.isfinite(value) and value > 0):
         raise PartitionError(
             f"alpha, the Dirichlet concentration, must be a finite number > 0, got {alpha!r} "
@@ -139,12 +147,14 @@ def dirichlet(
     if max_attempts < 1:
         raise PartitionError(f"max_attempts must be at least 1, got {max_attempts}")
     rng = np.random.default_rng(seed)
-    classes = np.unique(array)
+    # Each class's members are found once, not on every attempt: the search is a full
+    # pass over the labels per class, and only the shuffle below needs redrawing.
+    by_class = [np.flatnonzero(array == label) for label in np.unique(array)]
     smallest = 0
     for _ in range(max_attempts):
         parts: list[list[np.ndarray]] = [[] for _ in range(clients)]
-        for label in classes:
-            members = rng.permutation(np.flatnonzero(array == label))
+        for indices in by_class:
+            members = rng.permutation(indices)
             proportions = rng.dirichlet(np.full(clients, concentration))
             for client, piece in enumerate(_split_by_proportions(members, proportions)):
                 parts[client].append(piece)

@@ -17,6 +17,7 @@ from fedvc.merge import (
     StrategySpec,
     Update,
     chain,
+    clip_by_norm,
     fedadagrad,
     fedadam,
     fedavg,
@@ -25,6 +26,7 @@ from fedvc.merge import (
     make,
     strategy_from_spec,
 )
+from fedvc.merge.base import ordered
 from fedvc.merge.registry import available
 
 fedavg_module = importlib.import_module("fedvc.merge.fedavg")  # the package re-exports fedavg()
@@ -204,3 +206,39 @@ def test_plugin_strategy_from_an_entry_point(
     assert merged == pytest.approx(
         BASE["fc.bias"][0] + 0.25 * (mean - BASE["fc.bias"][0]), rel=1e-5
     )
+
+
+def test_chain_names_a_factory_passed_uncalled() -> None:
+    # Regression: chain(clip_by_norm, fedavg()) raised AttributeError on `.spec`.
+    with pytest.raises(MergeError, match=r"clip_by_norm \(not called\)"):
+        chain(clip_by_norm, fedavg())  # type: ignore[arg-type]
+    with pytest.raises(MergeError, match=r"fedavg \(not called\)"):
+        chain(clip_by_norm(5.0), fedavg)  # type: ignore[arg-type]
+    with pytest.raises(MergeError, match="only the last part may be a merge strategy"):
+        chain(fedavg(), fedavg())
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"name": "chain", "children": 5},
+        {"name": "chain", "children": [5]},
+        {"name": "chain", "children": "fedavg"},
+        {"name": "fedavg", "params": {1: 2}},
+    ],
+)
+def test_malformed_specs_are_merge_errors(value: dict[str, object]) -> None:
+    # Regression: children were iterated unchecked (TypeError) and params keys not checked.
+    with pytest.raises(MergeError, match=r"strategy 'chain': 'children'|string keys"):
+        StrategySpec.from_json(value)
+
+
+def test_updates_sharing_a_client_id_are_refused() -> None:
+    # Regression: equal ids (the default "") were ordered by arrival, so the "canonical"
+    # order, and the bits of a merge, depended on arrival order.
+    anonymous = [Update(model(1)), Update(model(2))]
+    with pytest.raises(MergeError, match=r"same client id ''.*distinct `client`"):
+        run(fedavg(), anonymous)
+    with pytest.raises(MergeError, match="same client id 'c1'"):
+        ordered([UPDATES[0], UPDATES[1], UPDATES[0]])
+    assert [u.client for u in ordered(UPDATES[::-1])] == [u.client for u in UPDATES]

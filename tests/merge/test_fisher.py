@@ -188,3 +188,35 @@ def test_other_errors() -> None:
     other[1] = Update({"x": np.zeros(2, np.float32)}, client="c2", fisher={"x": np.zeros(2)})
     with pytest.raises(MergeError, match="different tensors"):
         merge(other)
+
+
+def test_epsilon_must_be_a_real_number_not_a_bool_or_string() -> None:
+    # Regression: "x" raised TypeError and True was accepted as ε = 1.
+    for epsilon in ("x", True, None):
+        with pytest.raises(MergeError, match="epsilon must be"):
+            fisher(epsilon)  # type: ignore[arg-type]
+
+
+def test_a_rejected_update_leaves_the_sums_untouched() -> None:
+    # Regression: add() summed tensors while still checking them, so an update refused for
+    # its second tensor had already added its first.
+    good = updates(3)
+    first = good[0]
+    bad_fisher = {**(first.fisher or {}), "fc.bias": np.full(7, -1.0, np.float32)}
+    wrong_shape = {**first.params, "bn.running_mean": np.zeros(3, np.float32)}
+    rejected = [
+        first.with_params(first.params, client="bad", fisher=bad_fisher),
+        Update(
+            wrong_shape,
+            client="odd",
+            fisher={k: np.zeros(np.shape(v), np.float32) for k, v in wrong_shape.items()},
+        ),
+    ]
+    accumulator = fisher_module.FisherAccumulator(1e-8)
+    accumulator.add(good[0])
+    for update in rejected:
+        with pytest.raises(MergeError):
+            accumulator.add(update)
+    for update in good[1:]:
+        accumulator.add(update)
+    assert_bit_equal(accumulator.finish()[0], merge(good))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import itertools
 import random
 
@@ -136,3 +137,61 @@ def test_specs_round_trip_through_the_registry() -> None:
     a, _ = explicit.merge(None, updates, {})
     b, _ = rebuilt.merge(None, updates, {})
     assert all(a[k].tobytes() == b[k].tobytes() for k in a)
+
+
+def test_extras_without_buffers_are_permuted_where_present() -> None:
+    # Regression: extras were permuted strictly, so optimizer moments (which cover the
+    # trainable tensors, not BatchNorm's running statistics) failed with AlignError.
+    rng = np.random.default_rng(5)
+    model = {
+        "0.weight": rng.standard_normal((8, 4)).astype(np.float32),
+        "0.bias": rng.standard_normal(8).astype(np.float32),
+        "1.weight": rng.uniform(0.5, 1.5, 8).astype(np.float32),
+        "1.bias": rng.standard_normal(8).astype(np.float32),
+        "1.running_mean": rng.standard_normal(8).astype(np.float32),
+        "1.running_var": rng.uniform(0.5, 1.5, 8).astype(np.float32),
+        "2.weight": rng.standard_normal((3, 8)).astype(np.float32),
+        "2.bias": rng.standard_normal(3).astype(np.float32),
+    }
+    spec = infer_spec(model)
+    perms = random_perms(spec, model, seed=2)
+    moments = {k: 2 * v for k, v in model.items() if "running" not in k}
+    update = Update(
+        apply_permutation(spec, perms, model),
+        client="a",
+        extras={"m": apply_permutation(spec, perms, moments, strict=False)},
+    )
+    (aligned,) = align().apply(model, [update])
+    assert aligned.extras["m"].keys() == moments.keys()
+    for name, moment in moments.items():
+        np.testing.assert_array_equal(aligned.extras["m"][name], moment)
+
+
+def test_the_symmetry_is_inferred_once_per_base(monkeypatch: pytest.MonkeyPatch) -> None:
+    matched_module = importlib.import_module("fedvc.merge.matched")
+    calls: list[int] = []
+
+    def counting(params: dict[str, np.ndarray]) -> object:
+        calls.append(len(params))
+        return infer_spec(params)
+
+    monkeypatch.setattr(matched_module, "infer_spec", counting)
+    strategy = matched()
+    assert strategy.accumulate is not None
+    accumulator = strategy.accumulate(MODEL, {})
+    for seed in range(1, 4):
+        accumulator.add(Update(permuted(MODEL, seed), client=f"c{seed}"))
+    merged, _ = accumulator.finish()
+    assert len(calls) == 1
+    np.testing.assert_allclose(forward(merged, INPUTS), forward(MODEL, INPUTS), atol=1e-5)
+    other = {k: v.copy() for k, v in MODEL.items()}  # a new base is inferred afresh
+    strategy.accumulate(other, {}).add(Update(permuted(MODEL, 1), client="c1"))
+    assert len(calls) == 2
+
+
+def test_a_spec_given_as_a_mapping_is_recorded_as_its_dict() -> None:
+    transform = align(SPEC.to_dict())
+    assert transform.spec.params["spec"] == SPEC.to_dict()
+    (aligned,) = transform.apply(MODEL, [Update(permuted(MODEL, 1), client="a")])
+    for name in MODEL:
+        np.testing.assert_array_equal(aligned.params[name], MODEL[name])

@@ -10,6 +10,7 @@ from bitwise import assert_bit_equal
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fedvc.interference import interference_report
 from fedvc.merge import (
     MergeError,
     MergeStrategy,
@@ -22,6 +23,7 @@ from fedvc.merge import (
     task_arithmetic,
     ties,
 )
+from fedvc.merge.base import top_k_count
 
 
 def model(seed: int, spread: float = 0.1) -> dict[str, np.ndarray]:
@@ -270,3 +272,34 @@ def test_slerp_ignores_weights_and_interpolates_counters_linearly() -> None:
     merged = run(slerp(0.3), heavy)
     assert_bit_equal(merged, run(slerp(0.3), UPDATES[:2]))
     assert merged["bn.num_batches_tracked"].tolist() == 13  # 10 + 0.3 · (20 - 10)
+
+
+def test_ties_keeps_at_least_one_entry_at_a_tiny_density() -> None:
+    # Regression: ⌈1e-10 · size - slack⌉ was 0, and np.partition failed with ValueError.
+    merged, _ = ties(density=1e-10).merge(BASE, UPDATES, {})
+    moved = merged["fc.weight"] != BASE["fc.weight"]
+    assert 1 <= np.count_nonzero(moved) <= len(UPDATES)
+
+
+def test_ties_and_the_interference_report_count_the_same_top_k() -> None:
+    # Regression: at density 0.07 on 100 entries TIES kept 7, interference 8.
+    assert top_k_count(0.07, 100) == 7
+    assert top_k_count(1e-10, 100) == 1 and top_k_count(1.0, 100) == 100
+    assert top_k_count(0.5, 0) == 0
+    base = {"x": np.zeros(100)}
+    delta = np.arange(1.0, 101.0)
+    first = Update({"x": delta}, client="a")
+    second_delta = delta.copy()
+    second_delta[92] = 0.0  # the 8th largest: outside a top-7 mask, inside a top-8 one
+    second = Update({"x": second_delta}, client="b")
+    merged, _ = ties(density=0.07).merge(base, [first, second], {})
+    assert np.count_nonzero(merged["x"]) == 7
+    report = interference_report(base, [first, second], density=0.07)
+    assert report.layers["x"].overlap == 1.0
+
+
+def test_scale_must_be_a_finite_number() -> None:
+    for factory in (task_arithmetic, dare, ties):
+        for scale in ("1", True, math.inf):
+            with pytest.raises(MergeError, match=r"\(scale=\.\.\.\) must be a finite number"):
+                factory(scale=scale)  # type: ignore[operator]
