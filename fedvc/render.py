@@ -7,7 +7,7 @@ check the exact text.
 from __future__ import annotations
 
 import datetime
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from fedvc.objects import Commit, ObjectId, short_id
 
@@ -104,14 +104,13 @@ def graph_lines(
             columns.extend(opened)
             lines.append(_connector(len(columns), range(width), "\\", range(width, len(columns))))
         if closes:
-            if len(columns) > 1:
-                kept = [i for i in range(len(columns)) if i != here]
-                lines.append(_connector(len(columns), kept, "/", [here]))
+            if len(columns) > 1:  # this column ends; every column right of it moves left
+                lines.append(_connector(len(columns), range(here), "/", range(here, len(columns))))
             del columns[here]
     return lines
 
 
-def _connector(width: int, keep: Sequence[int], slash: str, at: Sequence[int]) -> str:
+def _connector(width: int, keep: Iterable[int], slash: str, at: Iterable[int]) -> str:
     chars = [" "] * (2 * width)
     for i in keep:
         chars[2 * i] = "|"

@@ -209,3 +209,24 @@ def test_console_script_runs(workdir: Path) -> None:
     )
     assert result.returncode == 0 and "Initialized" in result.stdout
     assert (workdir / "x" / ".fedvc" / "fedvc.db").is_file()
+
+
+def test_graph_moves_later_columns_left_when_a_middle_branch_ends() -> None:
+    from fedvc.objects import Commit
+    from fedvc.render import graph_lines
+
+    def oid(c: str) -> str:
+        return c * 64
+
+    base = Commit(snapshot=oid("0"), timestamp=1)  # type: ignore[arg-type]
+    updates = {c: Commit(snapshot=oid("0"), parents=(oid("b"),), timestamp=2) for c in "cde"}  # type: ignore[arg-type]
+    merge = Commit(snapshot=oid("0"), parents=(oid("b"), oid("c"), oid("d"), oid("e")), timestamp=3)  # type: ignore[arg-type]
+    entries = [
+        (oid("f"), merge),
+        (oid("c"), updates["c"]),
+        (oid("d"), updates["d"]),
+        (oid("e"), updates["e"]),
+        (oid("b"), base),
+    ]
+    lines = [line.split("  ")[0] for line in graph_lines(entries, {})]  # type: ignore[arg-type]
+    assert lines == ["*", "|\\ \\ \\", "| * | |", "|/ / /", "| * |", "|/ /", "| *", "|/", "*"]

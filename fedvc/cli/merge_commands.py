@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from fedvc import torch_io
+from fedvc import render, torch_io
 from fedvc.align import (
     PermutationSpec,
     activation_matching,
@@ -161,7 +161,10 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
     summary = interference_report(base, updates).summary() if base is not None and updates else None
     if summary is not None:
-        print(f"interference score {summary['score']:.3f}, mean cosine {summary['mean_cosine']}")
+        print(
+            f"interference score {render.number(summary['score'])}, "
+            f"mean cosine {render.number(summary['mean_cosine'])}"
+        )
     if repo is not None and not args.no_commit:
         _record(repo, args, merged, updates, recorded, summary)
     return 0
