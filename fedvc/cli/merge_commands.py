@@ -58,8 +58,12 @@ def import_object(spec: str, what: str) -> Any:
 
 
 def _client_id(repo: Repository | None, spec: str) -> str:
-    if is_model_file(spec):
-        return "file:" + hashlib.sha256(Path(spec).read_bytes()).hexdigest()
+    if is_model_file(spec):  # hashed in blocks: a model file is never held twice in memory
+        digest = hashlib.sha256()
+        with open(spec, "rb") as file:
+            for block in iter(lambda: file.read(1 << 22), b""):
+                digest.update(block)
+        return "file:" + digest.hexdigest()
     assert repo is not None  # load_model already refused a non-file without a repository
     return repo.resolve(spec)
 
