@@ -1,0 +1,360 @@
+"""The coordinator: the one stateful orchestrator of a federated run.
+
+It owns the repository, the round in progress and the strategy's state; every transport
+(in-process for simulations, gRPC for a fleet, Flower) calls the same methods, which are
+the ``CoordinatorLink`` protocol. All state changes happen under one lock through the pure
+transitions of ``fedvc.round``, so concurrent clients see one consistent round.
+
+A round's outcome lives only in the repository: the merge commit on ``main`` names its
+round number, and the strategy's state is a snapshot it points at. A coordinator that is
+restarted (or killed) therefore resumes from ``main`` with no round lost or repeated; an
+update admitted to a round that had not closed yet is simply submitted again.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from fedvc.merge.base import MergeStrategy, State, StrategySpec, Update
+from fedvc.objects import Commit, ObjectId, Snapshot
+from fedvc.repo import Repository, branch_ref
+from fedvc.round import (
+    ROUND_KEY,
+    Admitted,
+    Rejected,
+    RoundConfig,
+    RoundError,
+    RoundState,
+    UpdateRejected,
+    admit,
+    assign,
+    extend,
+    merge_round,
+    open_round,
+    ready,
+    reject,
+)
+from fedvc.signing import KeyId, SigningKey
+from fedvc.store.base import ObjectNotFoundError, StoreError
+from fedvc.transport import Finished, Offer, RoundOffer, Verdict, Wait, WireObject
+from fedvc.trust import TrustStore
+
+FISHER_STRATEGIES = frozenset({"fisher", "matched_fisher"})
+"""Strategies that merge with each client's diagonal Fisher: their rounds ask clients for
+one and reject updates that come without it."""
+
+
+@dataclass(frozen=True)
+class RoundReport:
+    """What one closed round produced, for metrics, logs and simulation results."""
+
+    number: int
+    commit: ObjectId
+    base: ObjectId
+    participants: tuple[Admitted, ...]
+    rejected: Mapping[str, int]
+    metrics: Mapping[str, float]
+    interference_score: float | None
+    duration_seconds: float
+    aggregation_seconds: float
+
+
+class RoundObserver(Protocol):
+    """Hears what happens to rounds (metrics, progress bars); must not raise."""
+
+    def admitted(self, update: Admitted) -> None: ...
+
+    def rejected(self, reason: str) -> None: ...
+
+    def round_closed(self, report: RoundReport) -> None: ...
+
+
+class _Silent:
+    def admitted(self, update: Admitted) -> None:
+        pass
+
+    def rejected(self, reason: str) -> None:
+        pass
+
+    def round_closed(self, report: RoundReport) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class CoordinatorConfig:
+    """A run: ``rounds`` rounds on ``branch``, each sized and bounded by ``round``."""
+
+    rounds: int
+    round: RoundConfig = field(default_factory=RoundConfig)
+    branch: str = "main"
+    retry_seconds: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.rounds < 1:
+            raise RoundError(f"a run needs at least one round, got rounds={self.rounds}")
+
+
+def uses_fisher(spec: StrategySpec) -> bool:
+    """True when ``spec`` or any strategy it chains merges with Fisher information."""
+    return spec.name in FISHER_STRATEGIES or any(uses_fisher(c) for c in spec.children)
+
+
+def completed_rounds(commit: Commit) -> int:
+    """The round number a ``main`` tip closed (0 for an initial model)."""
+    number = commit.metadata.get(ROUND_KEY)
+    return number if isinstance(number, int) and "round" in commit.metadata else 0
+
+
+class Coordinator:
+    """Serves rounds to participants and records each as a signed octopus merge commit.
+
+    ``main`` (``config.branch``) must hold the initial model. ``trust`` names the clients
+    allowed to contribute (the fleet; its size sets how many a round takes), ``signer``
+    signs every merge commit. ``clock`` is injected so tests and simulations control time.
+    """
+
+    def __init__(
+        self,
+        repo: Repository,
+        strategy: MergeStrategy,
+        *,
+        trust: TrustStore,
+        signer: SigningKey,
+        config: CoordinatorConfig,
+        clock: Callable[[], float] = time.time,
+        observer: RoundObserver | None = None,
+    ) -> None:
+        self.repo = repo
+        self.strategy = strategy
+        self.trust = trust
+        self.signer = signer
+        self.config = config
+        self.clock = clock
+        self.observer: RoundObserver = observer or _Silent()
+        self._lock = threading.RLock()
+        self._fisher = uses_fisher(strategy.spec)
+        self._admitted_ever: set[ObjectId] = set()
+        tip = repo.refs.get_ref(branch_ref(config.branch))
+        if tip is None:
+            raise RoundError(
+                f"branch {config.branch!r} does not exist: commit an initial model to it "
+                "before starting a coordinator"
+            )
+        tip_commit = repo.get_commit(tip)
+        self._strategy_state = self._load_strategy_state(tip_commit)
+        done = completed_rounds(tip_commit)
+        self._state: RoundState | None = None
+        if done < config.rounds:
+            self._state = open_round(done + 1, tip, config.round, self.fleet_size, clock())
+
+    # -- the run ------------------------------------------------------------------------
+
+    @property
+    def fleet_size(self) -> int:
+        return max(len(self.trust.key_ids()), 1)
+
+    @property
+    def finished(self) -> bool:
+        with self._lock:
+            return self._state is None
+
+    @property
+    def state(self) -> RoundState | None:
+        with self._lock:
+            return self._state
+
+    def tick(self) -> RoundReport | None:
+        """Close the round if it is ready, or extend it past a deadline without quorum."""
+        with self._lock:
+            state = self._state
+            if state is None:
+                return None
+            now = self.clock()
+            if ready(state, self.config.round, now):
+                return self._close(state, now)
+            self._state = extend(state, self.config.round, now)
+            return None
+
+    # -- the participant's side (CoordinatorLink) -------------------------------------
+
+    def next_round(self, key_id: str) -> Offer:
+        with self._lock:
+            self.tick()
+            if self._state is None:
+                return Finished(self.config.rounds)
+            if not self.trust.trusts_key_id(key_id):
+                raise UpdateRejected(
+                    "unknown_key",
+                    f"key {key_id} is not among the coordinator's trusted client keys; "
+                    "ask the operator to add its .pub file",
+                )
+            state = self._state
+            if key_id in state.admitted_keys:
+                return Wait(
+                    self.config.retry_seconds,
+                    f"your update to round {state.number} is in; the round is still open",
+                )
+            try:
+                self._state = assign(state, KeyId(key_id))
+            except RoundError as exc:
+                return Wait(self.config.retry_seconds, str(exc))
+            return RoundOffer(state.number, state.base, self._train_config(), state.deadline)
+
+    def list_objects(self, commit: ObjectId) -> list[ObjectId]:
+        """Blobs first, then the snapshot, then the commit: a receiver storing them in this
+        order never holds a snapshot or commit whose parts it lacks."""
+        found = self.repo.get_commit(commit)
+        snapshot = self.repo.get_snapshot(found.snapshot)
+        blobs = dict.fromkeys(entry.blob for entry in snapshot.tensors.values())
+        return [*blobs, found.snapshot, commit]
+
+    def get_objects(self, ids: Sequence[ObjectId]) -> Iterator[WireObject]:
+        for oid in ids:
+            stored = self.repo.objects.get(oid)
+            yield WireObject(oid, stored.kind, stored.payload)
+
+    def missing(self, ids: Sequence[ObjectId]) -> list[ObjectId]:
+        return [oid for oid in ids if not self.repo.objects.contains(oid)]
+
+    def put_objects(self, objects: Iterable[WireObject]) -> None:
+        for obj in objects:
+            obj.check()
+            self.repo.objects.put(obj.kind, obj.payload)
+
+    def submit(self, round_number: int, commit: ObjectId) -> Verdict:
+        with self._lock:
+            self.tick()
+            state = self._state
+            if state is None or round_number < state.number:
+                closed = f"round {round_number} is closed"
+                return self._refuse(state, commit, "", UpdateRejected("round_closed", closed))
+            try:
+                update = self.repo.get_commit(commit)
+            except (ObjectNotFoundError, StoreError) as exc:
+                error = UpdateRejected("missing_objects", f"commit {commit}: {exc}")
+                return self._refuse(state, commit, "", error)
+            try:
+                state, admitted = self._admit(state, commit, update)
+            except UpdateRejected as error:
+                return self._refuse(state, commit, update.author or "", error)
+            self._state = state
+            self._admitted_ever.add(commit)
+            self.observer.admitted(admitted)
+            report = self.tick()
+            extra = {"round_closed": report.commit} if report else {}
+            return Verdict(True, extra=extra)
+
+    # -- inside ---------------------------------------------------------------------------
+
+    def _train_config(self) -> dict[str, Any]:
+        config = dict(self.config.round.train)
+        if self._fisher:
+            config["fisher"] = True
+        return config
+
+    def _admit(
+        self, state: RoundState, commit_id: ObjectId, commit: Commit
+    ) -> tuple[RoundState, Admitted]:
+        fisher_id = commit.metadata.get("fisher")
+        try:
+            base = self.repo.get_snapshot(self.repo.get_commit(state.base).snapshot)
+            snapshot = self.repo.get_snapshot(commit.snapshot)
+            fisher = (
+                self.repo.get_snapshot(ObjectId(fisher_id)) if isinstance(fisher_id, str) else None
+            )
+        except (ObjectNotFoundError, StoreError) as exc:
+            raise UpdateRejected("missing_objects", f"commit {commit_id}: {exc}") from None
+        try:
+            return admit(
+                state,
+                commit_id,
+                commit,
+                trust=self.trust,
+                seen=self._admitted_ever.__contains__,
+                base_snapshot=base,
+                update_snapshot=snapshot,
+                read=self._read,
+                fisher_snapshot=fisher,
+                require_fisher=self._fisher,
+                max_norm=self.config.round.max_norm,
+            )
+        except (ObjectNotFoundError, StoreError) as exc:
+            raise UpdateRejected("missing_objects", f"commit {commit_id}: {exc}") from None
+
+    def _read(self, snapshot: Snapshot) -> dict[str, np.ndarray]:
+        return {name: self.repo.read_tensor(entry) for name, entry in snapshot.tensors.items()}
+
+    def _refuse(
+        self, state: RoundState | None, commit: ObjectId, author: str, error: UpdateRejected
+    ) -> Verdict:
+        if state is not None:
+            key_id = author[:16] if author else ""
+            self._state = reject(state, Rejected(key_id, commit, error.reason, error.detail))
+        self.observer.rejected(error.reason)
+        return Verdict(False, error.reason, error.detail)
+
+    def _close(self, state: RoundState, now: float) -> RoundReport:
+        started = time.perf_counter()
+        base_commit = self.repo.get_commit(state.base)
+        base = self.repo.read_snapshot(base_commit.snapshot)
+        updates = [self._update(a) for a in state.admitted]
+        result = merge_round(
+            state, base, updates, self.strategy, self._strategy_state, closed_at=now
+        )
+        metadata = result.metadata
+        if result.strategy_state:
+            metadata["round"]["strategy_state"] = self.repo.write_snapshot(result.strategy_state)
+        snapshot = self.repo.write_snapshot(result.params)
+        parents = [state.base, *sorted(a.commit for a in state.admitted)]
+        message = f"round {state.number}: merge {len(updates)} updates with {self.strategy.spec}"
+        oid = self.repo.write_commit(
+            snapshot, parents=parents, message=message, metadata=metadata, signer=self.signer
+        )
+        self.repo.refs.set_ref(branch_ref(self.config.branch), oid, state.base)
+        aggregation = time.perf_counter() - started
+        self._strategy_state = result.strategy_state
+        rejected: dict[str, int] = {}
+        for r in state.rejected:
+            rejected[r.reason] = rejected.get(r.reason, 0) + 1
+        report = RoundReport(
+            number=state.number,
+            commit=oid,
+            base=state.base,
+            participants=tuple(sorted(state.admitted, key=lambda a: a.commit)),
+            rejected=rejected,
+            metrics=metadata["round"]["metrics"],
+            interference_score=metadata["round"]["interference"].get("score"),
+            duration_seconds=now - state.opened_at,
+            aggregation_seconds=aggregation,
+        )
+        self._state = None
+        if state.number < self.config.rounds:
+            self._state = open_round(
+                state.number + 1, oid, self.config.round, self.fleet_size, self.clock()
+            )
+        self.observer.round_closed(report)
+        return report
+
+    def _update(self, admitted: Admitted) -> Update:
+        commit = self.repo.get_commit(admitted.commit)
+        fisher = self.repo.read_snapshot(admitted.fisher) if admitted.fisher else None
+        return Update(
+            self.repo.read_snapshot(commit.snapshot),
+            weight=float(admitted.examples),
+            client=admitted.commit,
+            fisher=fisher,
+        )
+
+    def _load_strategy_state(self, tip: Commit) -> State:
+        round_meta = tip.metadata.get("round")
+        saved = round_meta.get("strategy_state") if isinstance(round_meta, Mapping) else None
+        if isinstance(saved, str):
+            return dict(self.repo.read_snapshot(ObjectId(saved)))
+        base = self.repo.read_snapshot(tip.snapshot)
+        return self.strategy.init(base)

@@ -1,0 +1,313 @@
+"""The Coordinator and Participants in one process: whole rounds, restarts, deadlines, sync."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from fedvc.coordinator import Coordinator, CoordinatorConfig, RoundReport, uses_fisher
+from fedvc.merge.registry import make
+from fedvc.objects import ObjectId
+from fedvc.participant import Participant, TaskError, TrainResult
+from fedvc.repo import Repository
+from fedvc.round import ROUND_KEY, Admitted, RoundConfig, RoundError, UpdateRejected
+from fedvc.signing import SigningKey
+from fedvc.store.base import CorruptObjectError
+from fedvc.tensors import ParamMap
+from fedvc.transport import Finished, InProcessLink, RoundOffer, Wait, WireObject
+from fedvc.trust import TrustStore
+from fedvc.verify import verify
+
+SERVER = SigningKey.from_seed(bytes([9]) * 32)
+CLIENTS = [SigningKey.from_seed(bytes([10 + i]) * 32) for i in range(3)]
+TRUST = TrustStore(k.public_key for k in CLIENTS)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_700_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Shift:
+    """Moves every tensor by ``delta`` (plus the round number, so rounds differ)."""
+
+    def __init__(self, delta: float, *, fisher: bool = False) -> None:
+        self.delta = delta
+        self.fisher = fisher
+        self.calls = 0
+
+    def train(self, params: ParamMap, config: Mapping[str, Any]) -> TrainResult:
+        self.calls += 1
+        step = self.delta * config["round"]
+        new = {k: (v + step).astype(v.dtype) for k, v in params.items()}
+        fisher = {k: np.ones_like(v) for k, v in params.items()} if self.fisher else None
+        return TrainResult(
+            new,
+            examples=10 * int(self.delta),
+            metrics={"loss": 1 / config["round"]},
+            fisher=fisher,
+        )
+
+
+def make_repo(path: Path | None = None, clock: Clock | None = None) -> Repository:
+    clock = clock or Clock()
+    repo = Repository.init(path, clock=clock) if path else Repository.memory(clock=clock)
+    initial = {
+        "layer.weight": np.linspace(-1, 1, 12, dtype=np.float32).reshape(3, 4),
+        "layer.bias": np.zeros(3, np.float32),
+    }
+    repo.commit_params(initial, "initial model", signer=SERVER)
+    return repo
+
+
+class Events:
+    """A RoundObserver that records what it hears."""
+
+    def __init__(self) -> None:
+        self.admitted_updates: list[Admitted] = []
+        self.rejections: list[str] = []
+        self.reports: list[RoundReport] = []
+
+    def admitted(self, update: Admitted) -> None:
+        self.admitted_updates.append(update)
+
+    def rejected(self, reason: str) -> None:
+        self.rejections.append(reason)
+
+    def round_closed(self, report: RoundReport) -> None:
+        self.reports.append(report)
+
+
+def coordinator(
+    repo: Repository,
+    *,
+    rounds: int = 2,
+    strategy: str = "fedavg",
+    clock: Clock | None = None,
+    events: Events | None = None,
+    **round_config: Any,
+) -> Coordinator:
+    round_config.setdefault("min_clients", 3)
+    return Coordinator(
+        repo,
+        make(strategy),  # type: ignore[arg-type]
+        trust=TRUST,
+        signer=SERVER,
+        config=CoordinatorConfig(rounds=rounds, round=RoundConfig(**round_config)),
+        clock=clock or Clock(),
+        observer=events,
+    )
+
+
+def participants(link: Any, *, fisher: bool = False) -> list[Participant]:
+    return [
+        Participant(link, Shift(i + 1.0, fisher=fisher), key, Repository.memory())
+        for i, key in enumerate(CLIENTS)
+    ]
+
+
+def run_round(people: list[Participant]) -> None:
+    for person in people:
+        result = person.step()
+        assert not isinstance(result, (Wait, Finished)), result
+        assert result.verdict.admitted, result.verdict
+
+
+def test_rounds_end_as_signed_octopus_merges_that_verify(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path)
+    events = Events()
+    coord = coordinator(repo, events=events)
+    people = participants(coord)
+    run_round(people)
+    run_round(people)
+    assert coord.finished and isinstance(people[0].step(), Finished)
+    history = repo.log("main", first_parent=True)
+    merges = [c for _, c in history if len(c.parents) > 1]
+    assert [c.metadata[ROUND_KEY] for c in merges] == [2, 1]
+    for merge in merges:
+        assert len(merge.parents) == 4 and merge.author == SERVER.public_key.hex()
+        record = merge.metadata["round"]
+        assert [p["commit"] for p in record["participants"]] == sorted(merge.parents[1:])
+        assert record["examples"] == 10 + 20 + 30 and record["strategy"]["name"] == "fedavg"
+    # FedAvg weights by examples: round r moves by r * (1*10 + 2*20 + 3*30) / 60 = 7r/3
+    moved = repo.read_params("main")["layer.bias"]
+    np.testing.assert_allclose(moved, (7 / 3) * (1 + 2), rtol=1e-5)
+    report = verify(repo, "main", trust=TRUST.with_key(SERVER.public_key))
+    assert report.ok and report.signed == report.commits
+    assert [r.number for r in events.reports] == [1, 2] and len(events.admitted_updates) == 6
+    assert events.reports[0].metrics == {"loss": 1.0}
+
+
+def test_a_restarted_coordinator_continues_without_losing_or_repeating_a_round(
+    tmp_path: Path,
+) -> None:
+    """Three rounds in one go and three rounds with a restart after every round give the
+    same history, bit for bit, even for a strategy with state (FedAdam's moments)."""
+    tips = []
+    for restart in (False, True):
+        clock = Clock()
+        repo = make_repo(tmp_path / str(restart), clock)
+        coord = coordinator(repo, rounds=3, strategy="fedadam", clock=clock)
+        link = InProcessLink(coord)
+        people = participants(link)
+        for _ in range(3):
+            if restart:
+                repo.close()
+                repo = Repository.open(tmp_path / str(restart), clock=clock)
+                coord = coordinator(repo, rounds=3, strategy="fedadam", clock=clock)
+                link._coordinator = coord
+            run_round(people)
+        assert coord.finished
+        tips.append(repo.refs.get_ref("refs/heads/main"))
+        rounds = [c.metadata.get(ROUND_KEY) for _, c in repo.log("main", first_parent=True)]
+        assert rounds == [3, 2, 1, None]
+    assert tips[0] == tips[1]
+
+
+def test_an_update_admitted_before_a_crash_is_submitted_again_not_retrained() -> None:
+    repo = make_repo()
+    coord = coordinator(repo)
+    (alice, *_) = people = participants(coord)
+    first = alice.step()
+    restarted = coordinator(repo)  # the round had not closed: its admissions are gone
+    for person in people:
+        person.link = restarted
+    again = alice.step()
+    assert not isinstance(first, (Wait, Finished)) and not isinstance(again, (Wait, Finished))
+    assert again.commit == first.commit and again.verdict.admitted
+    assert alice.task.calls == 1  # type: ignore[attr-defined]
+
+
+def test_waits_and_stragglers() -> None:
+    repo = make_repo()
+    coord = coordinator(repo, min_clients=2, max_clients=2)
+    a, b, c = participants(coord)
+    offer_a = coord.next_round(a.key_id)
+    assert isinstance(offer_a, RoundOffer) and offer_a.number == 1
+    assert isinstance(coord.next_round(b.key_id), RoundOffer)
+    full = coord.next_round(c.key_id)
+    assert isinstance(full, Wait) and "full" in full.reason
+    straggler = a.train(offer_a)
+    run_round([b])
+    a.upload(straggler)
+    assert coord.next_round(a.key_id) == offer_a  # asking again keeps a's place
+    assert isinstance(coord.next_round(b.key_id), Wait)  # b's update is in
+    assert coord.submit(1, straggler).admitted  # closes round 1
+    late = b.train(RoundOffer(1, offer_a.base, {}, 0.0))
+    b.upload(late)
+    verdict = coord.submit(1, late)
+    assert (verdict.admitted, verdict.reason) == (False, "round_closed")
+
+
+def test_deadline_closes_with_a_quorum_and_frees_dead_clients_places() -> None:
+    clock = Clock()
+    repo = make_repo(clock=clock)
+    events = Events()
+    coord = coordinator(
+        repo, clock=clock, events=events, min_clients=2, max_clients=3, deadline_seconds=60
+    )
+    a, b, c = participants(coord)
+    assert isinstance(coord.next_round(c.key_id), RoundOffer)  # c takes a place, then dies
+    run_round([a])
+    clock.now += 61
+    assert coord.tick() is None  # one update is below the quorum of two: extended
+    state = coord.state
+    assert state is not None and state.assigned == {a.key.key_id}
+    assert state.deadline == clock.now + 60
+    run_round([b])  # a place is free again; two updates but the target is three
+    assert coord.tick() is None
+    clock.now += 61
+    report = coord.tick()
+    assert report is not None and len(report.participants) == 2
+    assert report.duration_seconds == pytest.approx(122)
+
+
+def test_rejections_are_counted_recorded_and_do_not_disturb_the_round() -> None:
+    repo = make_repo()
+    events = Events()
+    coord = coordinator(repo, rounds=1, events=events, max_norm=20.0)
+    a, b, c = participants(coord)
+    offer = coord.next_round(a.key_id)
+    assert isinstance(offer, RoundOffer)
+    a.task = Shift(100.0)  # moves the model far beyond the norm bound
+    far = a.train(offer)
+    a.upload(far)
+    assert coord.submit(1, far).reason == "norm"
+    missing = ObjectId("f" * 64)
+    assert coord.submit(1, missing).reason == "missing_objects"
+    a.task = Shift(1.0)
+    a._last = None
+    run_round([a, b, c])
+    (merge,) = [commit for _, commit in repo.log("main") if len(commit.parents) > 1]
+    record = merge.metadata["round"]
+    assert [r["reason"] for r in record["rejected"]] == ["norm", "missing_objects"]
+    assert record["rejection_count"] == 2 and far not in merge.parents
+    assert events.rejections == ["norm", "missing_objects"]
+    assert verify(repo, "main").ok
+
+
+def test_unknown_clients_get_no_work() -> None:
+    coord = coordinator(make_repo())
+    stranger = SigningKey.from_seed(bytes([99]) * 32)
+    with pytest.raises(UpdateRejected, match="not among"):
+        coord.next_round(str(stranger.key_id))
+
+
+def test_fisher_rounds_ask_for_and_merge_with_the_fisher() -> None:
+    assert uses_fisher(make("fisher").spec)  # type: ignore[union-attr]
+    repo = make_repo()
+    coord = coordinator(repo, rounds=1, strategy="fisher")
+    offer = coord.next_round(CLIENTS[0].key_id)
+    assert isinstance(offer, RoundOffer) and offer.config == {"fisher": True}
+    run_round(participants(coord, fisher=True))
+    assert coord.finished
+    merge = repo.get_commit(repo.resolve("main"))
+    assert all("fisher" in p for p in merge.metadata["round"]["participants"])
+
+
+def test_a_task_must_return_a_usable_result() -> None:
+    coord = coordinator(make_repo(), strategy="fisher")
+    (alice, *_) = participants(coord, fisher=False)
+    with pytest.raises(TaskError, match="Fisher"):
+        alice.step()
+
+
+class TrainsTheBiasOnly:
+    def train(self, params: ParamMap, config: Mapping[str, Any]) -> TrainResult:
+        return TrainResult({**params, "layer.bias": params["layer.bias"] + 1}, examples=5)
+
+
+def test_sync_sends_only_what_the_other_side_lacks() -> None:
+    repo = make_repo()
+    frozen = np.arange(4096, dtype=np.float32)
+    repo.commit_params({**repo.read_params("main"), "frozen": frozen}, "add a frozen layer")
+    coord = coordinator(repo, rounds=2, min_clients=1, max_clients=1)
+    link = InProcessLink(coord)
+    alice = Participant(link, TrainsTheBiasOnly(), CLIENTS[0], Repository.memory())
+    run_round([alice])
+    first_down, first_up = link.bytes_received, link.bytes_sent
+    assert first_down > frozen.nbytes and first_up < frozen.nbytes  # the client has it now
+    link.bytes_received = 0
+    run_round([alice])
+    assert 0 < link.bytes_received < frozen.nbytes  # unchanged tensors never travel twice
+    round_two_base = alice.repo.read_params(repo.resolve("main~1"))
+    assert round_two_base["frozen"].tobytes() == frozen.tobytes()
+
+
+def test_corrupted_objects_are_refused_on_arrival() -> None:
+    coord = coordinator(make_repo())
+    payload = b"\x00" * 16
+    with pytest.raises(CorruptObjectError, match="damaged or forged"):
+        coord.put_objects([WireObject(ObjectId("0" * 64), "blob", payload)])
+
+
+def test_a_coordinator_needs_an_initial_model() -> None:
+    with pytest.raises(RoundError, match="commit an initial model"):
+        coordinator(Repository.memory())
