@@ -1,0 +1,63 @@
+"""FleetMetrics: the observer feeds the exact series the dashboards query."""
+
+from __future__ import annotations
+
+import urllib.request
+
+from fedvc_server.metrics import FleetMetrics
+from prometheus_client import generate_latest
+
+from fedvc.coordinator import RoundReport
+from fedvc.objects import ObjectId
+
+
+def sample(metrics: FleetMetrics, name: str, **labels: str) -> float | None:
+    return metrics.registry.get_sample_value(name, labels)
+
+
+def test_observer_events_move_the_right_series() -> None:
+    now = [1000.0]
+    metrics = FleetMetrics(clock=lambda: now[0])
+    assert sample(metrics, "fedvc_updates_rejected_total", reason="norm") == 0
+    metrics.admitted(None)  # type: ignore[arg-type]
+    metrics.rejected("norm")
+    metrics.rejected("norm")
+    metrics.count_bytes("in", 100)
+    metrics.count_bytes("out", 7)
+    metrics.client_seen("a")
+    metrics.client_seen("b")
+    report = RoundReport(3, ObjectId("a" * 64), ObjectId("b" * 64), (), {}, {}, 0.25, 12.0, 0.5)
+    metrics.round_closed(report)
+    assert sample(metrics, "fedvc_updates_admitted_total") == 1
+    assert sample(metrics, "fedvc_updates_rejected_total", reason="norm") == 2
+    assert sample(metrics, "fedvc_bytes_received_total") == 100
+    assert sample(metrics, "fedvc_bytes_sent_total") == 7
+    assert sample(metrics, "fedvc_rounds_completed_total") == 1
+    assert sample(metrics, "fedvc_round_duration_seconds_sum") == 12.0
+    assert sample(metrics, "fedvc_aggregation_seconds_count") == 1
+    assert sample(metrics, "fedvc_interference_score") == 0.25
+    assert sample(metrics, "fedvc_round") == 4
+    assert sample(metrics, "fedvc_clients_connected") == 2
+    now[0] += 61
+    metrics.client_seen("a")
+    assert sample(metrics, "fedvc_clients_connected") == 1
+
+
+def test_two_servers_in_one_process_keep_separate_counts() -> None:
+    first, second = FleetMetrics(), FleetMetrics()
+    first.rejected("replay")
+    assert sample(second, "fedvc_updates_rejected_total", reason="replay") == 0
+    assert b"fedvc_updates_rejected_total" in generate_latest(first.registry)
+
+
+def test_metrics_are_served_over_http() -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    metrics = FleetMetrics()
+    metrics.rejected("structure")
+    metrics.serve(port, "127.0.0.1")
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    assert 'fedvc_updates_rejected_total{reason="structure"} 1.0' in body
