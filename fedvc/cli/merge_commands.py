@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import importlib
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -44,17 +43,7 @@ from fedvc.repo import Repository, branch_ref
 from fedvc.signing import SigningKey
 from fedvc.tensor_files import load_params, save_params
 from fedvc.tensors import ParamMap
-
-
-def import_object(spec: str, what: str) -> Any:
-    """``package.module:attribute`` → the attribute (user code: a model factory, a loader)."""
-    module_name, sep, attribute = spec.partition(":")
-    if not sep or not module_name or not attribute:
-        raise UsageError(f"{what} must look like package.module:name, got {spec!r}")
-    try:
-        return getattr(importlib.import_module(module_name), attribute)
-    except (ImportError, AttributeError) as exc:
-        raise UsageError(f"{what} {spec!r} cannot be imported: {exc}") from exc
+from fedvc.user_code import import_object
 
 
 def _client_id(repo: Repository | None, spec: str) -> str:

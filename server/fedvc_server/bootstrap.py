@@ -1,0 +1,96 @@
+"""From a validated ``ServerConfig`` to a ready ``Coordinator``.
+
+The repository is created on first start and the initial model committed (signed) to
+``main``; on every later start ``main`` already holds the history and the initial model
+setting is ignored, so a restarted server simply continues from the last merged round.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from fedvc.coordinator import Coordinator, CoordinatorConfig, RoundObserver
+from fedvc.merge.base import MergeStrategy
+from fedvc.merge.registry import make
+from fedvc.repo import Repository, branch_ref
+from fedvc.round import RoundConfig
+from fedvc.signing import SigningKey
+from fedvc.store.disk import is_store_dir
+from fedvc.tensor_files import load_params
+from fedvc.tensors import as_param_map
+from fedvc.trust import TrustStore
+from fedvc.user_code import import_object
+from fedvc_server.config import ConfigError, ServerConfig
+
+MODEL_FILES = (".safetensors", ".npz")
+
+
+def open_repository(config: ServerConfig) -> Repository:
+    """The server's repository (a bare store directory), created if it does not exist."""
+    path = config.repository
+    if is_store_dir(path) or is_store_dir(path / ".fedvc"):
+        return Repository.open(path)
+    if path.exists() and any(path.iterdir()):
+        raise ConfigError(
+            f"[server] repository {path} exists, is not empty and holds no fedvc repository; "
+            "point it at an empty or new directory"
+        )
+    return Repository.init(path, bare=True)
+
+
+def initial_model(spec: str, base: Path | None = None) -> dict[str, object]:
+    """An initial model named by ``[model] initial``: a model file, or a
+    ``package.module:function`` returning a name → array mapping (or a torch state_dict)."""
+    path = Path(spec) if base is None else base / spec
+    if path.suffix in MODEL_FILES:
+        if not path.is_file():
+            raise ConfigError(f"[model] initial: the model file {path} does not exist")
+        return dict(load_params(path))
+    made = import_object(spec, "[model] initial")()
+    if not isinstance(made, Mapping):
+        raise ConfigError(
+            f"[model] initial {spec!r} returned {type(made).__name__}; it must return a "
+            "mapping of tensor names to arrays"
+        )
+    return dict(made)
+
+
+def build_coordinator(
+    config: ServerConfig, *, observer: RoundObserver | None = None
+) -> Coordinator:
+    """Open (or create) the repository, commit the initial model if ``main`` is empty, and
+    build the coordinator the config describes."""
+    signer = SigningKey.load(config.key)
+    trust = TrustStore.from_paths(config.trusted_keys)
+    strategy = make(config.strategy, dict(config.strategy_params))
+    if not isinstance(strategy, MergeStrategy):
+        raise ConfigError(
+            f"[strategy] {config.strategy!r} transforms updates but does not merge them; "
+            "name a merge strategy (fedavg, fisher, median, ...)"
+        )
+    repo = open_repository(config)
+    if repo.refs.get_ref(branch_ref("main")) is None:
+        if config.initial is None:
+            raise ConfigError(
+                "the repository has no model yet: set [model] initial to a model file or a "
+                "package.module:function that builds one"
+            )
+        params = as_param_map(initial_model(config.initial))
+        repo.commit_params(params, "initial model", branch="main", signer=signer)
+    round_config = RoundConfig(
+        min_clients=config.min_clients,
+        max_clients=config.max_clients,
+        fraction=config.fraction,
+        deadline_seconds=config.deadline_seconds,
+        max_norm=config.max_norm,
+        train=dict(config.train),
+    )
+    return Coordinator(
+        repo,
+        strategy,
+        trust=trust,
+        signer=signer,
+        config=CoordinatorConfig(rounds=config.rounds, round=round_config),
+        observer=observer,
+    )

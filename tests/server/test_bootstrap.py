@@ -1,0 +1,91 @@
+"""From server.toml to a Coordinator: first start commits the model, later starts resume."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fedvc_server.bootstrap import build_coordinator
+from fedvc_server.config import ConfigError, ServerConfig
+
+from fedvc.signing import KeyFileError, SigningKey
+from fedvc.tensor_files import save_params
+
+MODEL = {"w": np.arange(6, dtype=np.float32).reshape(2, 3)}
+
+
+def initial_model() -> dict[str, np.ndarray]:
+    return MODEL
+
+
+def setup(tmp_path: Path, **changes: object) -> ServerConfig:
+    SigningKey.generate().save(tmp_path / "server.key")
+    (tmp_path / "clients").mkdir()
+    for i in range(2):
+        key = SigningKey.generate()
+        (tmp_path / "clients" / f"c{i}.pub").write_bytes(key.public_key.to_pem())
+    save_params(MODEL, tmp_path / "model.npz")
+    fields: dict[str, object] = {
+        "repository": tmp_path / "repo",
+        "key": tmp_path / "server.key",
+        "trusted_keys": (tmp_path / "clients",),
+        "initial": str(tmp_path / "model.npz"),
+        "rounds": 3,
+        "min_clients": 2,
+    }
+    fields.update(changes)
+    return ServerConfig(**fields)  # type: ignore[arg-type]
+
+
+def test_first_start_commits_the_signed_initial_model_and_restarts_resume(tmp_path: Path) -> None:
+    config = setup(tmp_path)
+    coordinator = build_coordinator(config)
+    state = coordinator.state
+    assert state is not None and state.number == 1 and state.target == 2
+    assert coordinator.fleet_size == 2
+    repo = coordinator.repo
+    ((commit_id, commit),) = repo.log("main")
+    assert commit.author == SigningKey.load(config.key).public_key.hex()
+    np.testing.assert_array_equal(repo.read_params("main")["w"], MODEL["w"])
+    repo.close()
+    again = build_coordinator(config)
+    assert again.repo.log("main")[0][0] == commit_id  # nothing committed twice
+
+
+def test_the_initial_model_can_come_from_code(tmp_path: Path) -> None:
+    config = setup(tmp_path, initial=f"{__name__}:initial_model")
+    coordinator = build_coordinator(config)
+    np.testing.assert_array_equal(coordinator.repo.read_params("main")["w"], MODEL["w"])
+
+
+@pytest.mark.parametrize(
+    "changes, words",
+    [
+        ({"initial": None}, "set [model] initial"),
+        ({"initial": "missing.safetensors"}, "does not exist"),
+        ({"initial": "no_such_module:f"}, "cannot import module"),
+        ({"strategy": "clip_by_norm", "strategy_params": {"max_norm": 1.0}}, "does not merge"),
+    ],
+)
+def test_bad_settings_are_refused_before_anything_runs(
+    tmp_path: Path, changes: dict[str, object], words: str
+) -> None:
+    with pytest.raises(Exception) as caught:
+        build_coordinator(setup(tmp_path, **changes))
+    assert words in str(caught.value)
+
+
+def test_a_non_repository_directory_is_not_taken_over(tmp_path: Path) -> None:
+    (tmp_path / "repo").mkdir()
+    (tmp_path / "repo" / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="not empty"):
+        build_coordinator(setup(tmp_path))
+
+
+def test_no_trusted_keys_is_refused(tmp_path: Path) -> None:
+    config = setup(tmp_path)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(KeyFileError, match="holds no key files"):
+        build_coordinator(ServerConfig(**{**config.__dict__, "trusted_keys": (empty,)}))
