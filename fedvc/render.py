@@ -52,7 +52,7 @@ def size(nbytes: int) -> str:
 
 
 def date(timestamp: int) -> str:
-    return datetime.datetime.fromtimestamp(timestamp, datetime.timezone.utc).strftime(
+    return datetime.datetime.fromtimestamp(timestamp, datetime.UTC).strftime(
         "%Y-%m-%d %H:%M:%S UTC"
     )
 
