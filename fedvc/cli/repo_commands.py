@@ -12,6 +12,7 @@ from typing import Any
 from fedvc import render
 from fedvc.cli.common import open_repo, parse_assignments, print_json
 from fedvc.objects import Commit, ObjectId, short_id
+from fedvc.replay import replay_history
 from fedvc.repo import Repository
 from fedvc.signing import (
     PublicKey,
@@ -210,19 +211,29 @@ def _trust(specs: Sequence[str]) -> TrustStore | None:
 def cmd_verify(args: argparse.Namespace) -> int:
     repo = open_repo(args)
     report = verify(repo, args.rev, _trust(args.trust))
+    replays = replay_history(repo, args.rev) if args.replay and report.ok else []
+    failed = [r for r in replays if r.ok is False]
     if args.json:
-        print_json(report.to_json())
-        return 0 if report.ok else 1
+        print_json(
+            {
+                **report.to_json(),
+                "replays": [{"commit": r.commit, "ok": r.ok, "detail": r.detail} for r in replays],
+            }
+        )
+        return 0 if report.ok and not failed else 1
     for problem in report.problems:
         print(f"error: {problem}")
+    for result in replays:
+        verdict = {True: "replayed", False: "error: replay", None: "skipped"}[result.ok]
+        print(f"{verdict} {short_id(result.commit)}: {result.detail}")
     print(
         f"checked {report.commits} commits, {report.snapshots} snapshots, {report.blobs} blobs "
         f"({render.size(report.bytes_checked)}); {report.signed} signed, {len(report.unsigned)} unsigned"
     )
-    if report.ok:
+    if report.ok and not failed:
         print(f"ok: history of {short_id(report.head)} verifies")
         return 0
-    print(f"FAILED: {len(report.problems)} problem(s)")
+    print(f"FAILED: {len(report.problems) + len(failed)} problem(s)")
     return 1
 
 
@@ -284,6 +295,11 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         default=[],
         metavar="KEYFILE_OR_ID",
         help="require every commit signed by one of these keys (repeatable)",
+    )
+    p.add_argument(
+        "--replay",
+        action="store_true",
+        help="also recompute every merge from its recorded inputs and compare snapshots",
     )
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=cmd_verify)
