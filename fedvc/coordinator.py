@@ -68,6 +68,8 @@ class RoundReport:
 class RoundObserver(Protocol):
     """Hears what happens to rounds (metrics, progress bars); must not raise."""
 
+    def client_seen(self, key_id: str) -> None: ...
+
     def admitted(self, update: Admitted) -> None: ...
 
     def rejected(self, reason: str) -> None: ...
@@ -76,6 +78,9 @@ class RoundObserver(Protocol):
 
 
 class _Silent:
+    def client_seen(self, key_id: str) -> None:
+        pass
+
     def admitted(self, update: Admitted) -> None:
         pass
 
@@ -186,6 +191,7 @@ class Coordinator:
     def next_round(self, key_id: str) -> Offer:
         with self._lock:
             self.tick()
+            self.observer.client_seen(key_id)
             if self._state is None:
                 return Finished(self.config.rounds)
             if not self.trust.trusts_key_id(key_id):

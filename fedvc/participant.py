@@ -87,8 +87,14 @@ class Participant:
         self.key_id = str(key.key_id)
         self._last: tuple[int, ObjectId, ObjectId] | None = None  # round, base, update
 
-    def run(self, *, max_rounds: int | None = None) -> list[Submitted]:
-        """Take part in rounds until ``Finished`` (or ``max_rounds`` submissions)."""
+    def run(
+        self,
+        *,
+        max_rounds: int | None = None,
+        on_round: Callable[[Submitted], None] | None = None,
+    ) -> list[Submitted]:
+        """Take part in rounds until ``Finished`` (or ``max_rounds`` submissions);
+        ``on_round`` hears each submission and its verdict."""
         done: list[Submitted] = []
         while max_rounds is None or len(done) < max_rounds:
             offer = self.link.next_round(self.key_id)
@@ -98,6 +104,8 @@ class Participant:
                 self.sleep(offer.seconds)
                 continue
             done.append(self.take_part(offer))
+            if on_round is not None:
+                on_round(done[-1])
         return done
 
     def step(self) -> Submitted | Wait | Finished:

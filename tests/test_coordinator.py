@@ -74,6 +74,10 @@ class Events:
         self.admitted_updates: list[Admitted] = []
         self.rejections: list[str] = []
         self.reports: list[RoundReport] = []
+        self.seen: set[str] = set()
+
+    def client_seen(self, key_id: str) -> None:
+        self.seen.add(key_id)
 
     def admitted(self, update: Admitted) -> None:
         self.admitted_updates.append(update)
@@ -108,7 +112,7 @@ def coordinator(
 
 def participants(link: Any, *, fisher: bool = False) -> list[Participant]:
     return [
-        Participant(link, Shift(i + 1.0, fisher=fisher), key, Repository.memory())
+        Participant(link, Shift(i + 1.0, fisher=fisher), key, Repository.memory(clock=Clock()))
         for i, key in enumerate(CLIENTS)
     ]
 
@@ -142,6 +146,7 @@ def test_rounds_end_as_signed_octopus_merges_that_verify(tmp_path: Path) -> None
     report = verify(repo, "main", trust=TRUST.with_key(SERVER.public_key))
     assert report.ok and report.signed == report.commits
     assert [r.number for r in events.reports] == [1, 2] and len(events.admitted_updates) == 6
+    assert events.seen == {str(k.key_id) for k in CLIENTS}
     assert events.reports[0].metrics == {"loss": 1.0}
 
 

@@ -131,7 +131,7 @@ def parse_config(raw: Mapping[str, Any], *, base: Path, source: str = "config") 
         metrics_port=_int_in(
             server.get("metrics_port", 9100), 0, 65535, "[server] metrics_port", source
         ),
-        initial=raw.get("model", {}).get("initial"),
+        initial=_initial(raw.get("model", {}).get("initial"), base),
         rounds=_int_in(rounds.get("count", 10), 1, 10**9, "[rounds] count", source),
         min_clients=_int_in(rounds.get("min_clients", 1), 1, 10**9, "[rounds] min_clients", source),
         max_clients=_int_in(
@@ -184,6 +184,13 @@ def _check_shape(raw: Mapping[str, Any], source: str) -> None:
 
 def _path(base: Path, value: str) -> Path:
     return (base / Path(value).expanduser()).resolve()
+
+
+def _initial(value: str | None, base: Path) -> str | None:
+    """A model file is resolved like every other path; ``package.module:name`` stays as is."""
+    if value is None or not value.endswith((".safetensors", ".npz")):
+        return value
+    return str(_path(base, value))
 
 
 def _address(value: str, source: str) -> str:

@@ -47,7 +47,7 @@ def test_a_good_file_parses_with_paths_relative_to_it(tmp_path: Path) -> None:
     assert (config.min_clients, config.max_clients, config.fraction) == (2, 4, 0.5)
     assert config.strategy == "trimmed_mean" and config.strategy_params == {"beta": 0.2}
     assert config.max_norm == 10.0 and config.train == {"epochs": 2, "lr": 0.1}
-    assert config.initial == "model.safetensors" and config.tls is None
+    assert config.initial == str(tmp_path / "model.safetensors") and config.tls is None
 
 
 def test_defaults_for_what_is_left_out(tmp_path: Path) -> None:
