@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from fedvc.merge.base import MergeStrategy, State, StrategySpec, Update
+from fedvc.merge.base import MergeStrategy, StrategySpec
 from fedvc.objects import Commit, ObjectId, Snapshot
 from fedvc.repo import Repository, branch_ref
 from fedvc.round import (
@@ -40,6 +40,7 @@ from fedvc.round import (
     ready,
     reject,
 )
+from fedvc.round_store import admitted_update, record_merge, starting_state
 from fedvc.signing import KeyId, SigningKey
 from fedvc.store.base import ObjectNotFoundError, StoreError
 from fedvc.transport import Finished, Offer, RoundOffer, Verdict, Wait, WireObject
@@ -152,7 +153,7 @@ class Coordinator:
                 "before starting a coordinator"
             )
         tip_commit = repo.get_commit(tip)
-        self._strategy_state = self._load_strategy_state(tip_commit)
+        self._strategy_state = starting_state(repo, strategy, tip)
         done = completed_rounds(tip_commit)
         self._state: RoundState | None = None
         if done < config.rounds:
@@ -307,22 +308,21 @@ class Coordinator:
 
     def _close(self, state: RoundState, now: float) -> RoundReport:
         started = time.perf_counter()
-        base_commit = self.repo.get_commit(state.base)
-        base = self.repo.read_snapshot(base_commit.snapshot)
-        updates = [self._update(a) for a in state.admitted]
+        base = self.repo.read_snapshot(self.repo.get_commit(state.base).snapshot)
+        updates = [admitted_update(self.repo, a) for a in state.admitted]
         result = merge_round(
             state, base, updates, self.strategy, self._strategy_state, closed_at=now
         )
-        metadata = result.metadata
-        if result.strategy_state:
-            metadata["round"]["strategy_state"] = self.repo.write_snapshot(result.strategy_state)
-        snapshot = self.repo.write_snapshot(result.params)
-        parents = [state.base, *sorted(a.commit for a in state.admitted)]
         message = f"round {state.number}: merge {len(updates)} updates with {self.strategy.spec}"
-        oid = self.repo.write_commit(
-            snapshot, parents=parents, message=message, metadata=metadata, signer=self.signer
+        oid = record_merge(
+            self.repo,
+            state,
+            result,
+            signer=self.signer,
+            branch=self.config.branch,
+            message=message,
         )
-        self.repo.refs.set_ref(branch_ref(self.config.branch), oid, state.base)
+        metadata = result.metadata
         aggregation = time.perf_counter() - started
         self._strategy_state = result.strategy_state
         rejected: dict[str, int] = {}
@@ -346,21 +346,3 @@ class Coordinator:
             )
         self.observer.round_closed(report)
         return report
-
-    def _update(self, admitted: Admitted) -> Update:
-        commit = self.repo.get_commit(admitted.commit)
-        fisher = self.repo.read_snapshot(admitted.fisher) if admitted.fisher else None
-        return Update(
-            self.repo.read_snapshot(commit.snapshot),
-            weight=float(admitted.examples),
-            client=admitted.commit,
-            fisher=fisher,
-        )
-
-    def _load_strategy_state(self, tip: Commit) -> State:
-        round_meta = tip.metadata.get("round")
-        saved = round_meta.get("strategy_state") if isinstance(round_meta, Mapping) else None
-        if isinstance(saved, str):
-            return dict(self.repo.read_snapshot(ObjectId(saved)))
-        base = self.repo.read_snapshot(tip.snapshot)
-        return self.strategy.init(base)

@@ -26,7 +26,7 @@ from fedvc.interference import interference_report
 from fedvc.merge.base import MergeStrategy, State, Update, ordered
 from fedvc.objects import Commit, ObjectId, Snapshot
 from fedvc.signing import KeyId, PublicKey, commit_signature_valid
-from fedvc.tensors import ParamMap
+from fedvc.tensors import ParamMap, dtype_name
 from fedvc.trust import TrustStore
 
 ROUND_KEY = "fedvc.round"
@@ -278,12 +278,13 @@ def admit(
             f"this round merges with Fisher information; commit {commit_id} carries none "
             "(metadata 'fisher' must name the snapshot of its diagonal Fisher)",
         )
-    _check_structure("model", base_snapshot, update_snapshot)
+    base_layout = snapshot_layout(base_snapshot)
+    check_structure("model", base_layout, snapshot_layout(update_snapshot))
     params = read(update_snapshot)
-    _check_finite("model", params)
+    check_values("model", params)
     if fisher_snapshot is not None:
-        _check_structure("Fisher", base_snapshot, fisher_snapshot)
-        _check_finite("Fisher", read(fisher_snapshot))
+        check_structure("Fisher", base_layout, snapshot_layout(fisher_snapshot))
+        check_values("Fisher", read(fisher_snapshot), fisher=True)
     if max_norm is not None:
         distance = _distance(read(base_snapshot), params)
         if not distance <= max_norm:
@@ -339,30 +340,50 @@ def _update_metadata(
     return examples, {k: float(v) for k, v in metrics.items()}, ObjectId(fisher) if fisher else None
 
 
-def _check_structure(what: str, base: Snapshot, other: Snapshot) -> None:
-    missing = sorted(set(base.tensors) - set(other.tensors))
-    extra = sorted(set(other.tensors) - set(base.tensors))
+Layout = Mapping[str, tuple[str, tuple[int, ...]]]
+"""Tensor name → (dtype name, shape): what two models must share to be merged."""
+
+
+def snapshot_layout(snapshot: Snapshot) -> dict[str, tuple[str, tuple[int, ...]]]:
+    return {name: (e.dtype, e.shape) for name, e in snapshot.tensors.items()}
+
+
+def params_layout(params: ParamMap) -> dict[str, tuple[str, tuple[int, ...]]]:
+    return {name: (dtype_name(a.dtype), tuple(a.shape)) for name, a in params.items()}
+
+
+def check_structure(what: str, base: Layout, other: Layout) -> None:
+    """Raise ``UpdateRejected("structure")`` unless ``other`` has the base's tensors exactly."""
+    missing = sorted(set(base) - set(other))
+    extra = sorted(set(other) - set(base))
     if missing or extra:
         raise UpdateRejected(
             "structure",
             f"the {what}'s tensor names differ from the base: missing {missing[:5]}, "
             f"unexpected {extra[:5]}",
         )
-    for name, entry in base.tensors.items():
-        got = other.tensors[name]
-        if (got.dtype, got.shape) != (entry.dtype, entry.shape):
+    for name, (dtype, shape) in base.items():
+        got_dtype, got_shape = other[name]
+        if (got_dtype, got_shape) != (dtype, shape):
             raise UpdateRejected(
                 "structure",
-                f"{what} tensor {name!r}: expected {entry.dtype}{list(entry.shape)} like the "
-                f"base, got {got.dtype}{list(got.shape)}",
+                f"{what} tensor {name!r}: expected {dtype}{list(shape)} like the base, got "
+                f"{got_dtype}{list(got_shape)}",
             )
 
 
-def _check_finite(what: str, params: ParamMap) -> None:
+def check_values(what: str, params: ParamMap, *, fisher: bool = False) -> None:
+    """Raise ``UpdateRejected`` for NaN or Inf, or (a Fisher) negative entries."""
     for name in sorted(params):
         array = params[name]
         if array.dtype.kind in "fc" and not np.isfinite(array).all():
             raise UpdateRejected("not_finite", f"{what} tensor {name!r} holds NaN or Inf")
+        if fisher and array.size and array.min() < 0:
+            raise UpdateRejected(
+                "bad_metadata",
+                f"{what} tensor {name!r} has negative entries; a diagonal Fisher is a mean of "
+                "squares, never negative",
+            )
 
 
 def _distance(base: ParamMap, params: ParamMap) -> float:

@@ -228,6 +228,8 @@ def test_nan_inf_and_norm_bound() -> None:
     assert "'w'" in _rejected(door, door.update(params=nan), "not_finite")
     inf_fisher = {"w": np.full((2, 3), np.inf, np.float32), "b": np.zeros(3, np.float32)}
     assert "Fisher" in _rejected(door, door.update(fisher=inf_fisher), "not_finite")
+    negative = {"w": np.full((2, 3), -1.0, np.float32), "b": np.zeros(3, np.float32)}
+    assert "negative" in _rejected(door, door.update(fisher=negative), "bad_metadata")
     assert "above the bound 1" in _rejected(door, door.update(shift=1.0), "norm")
     door.admit(door.update(shift=0.1))  # sqrt(9 * 0.01) ≈ 0.3 is within the bound
 

@@ -1,0 +1,72 @@
+"""Rounds in a repository: reading their inputs back and writing their merge commits.
+
+The gRPC/in-process ``Coordinator``, the Flower strategy and ``fedvc verify --replay`` all
+meet here, so a round is recorded, and read back, in exactly one way: the octopus merge
+commit (parents: base, then the admitted update commits sorted by id) signed by the
+coordinator, with the strategy's state stored as a snapshot the commit names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from fedvc.merge.base import MergeStrategy, State, Update
+from fedvc.objects import Commit, ObjectId
+from fedvc.repo import Repository, branch_ref
+from fedvc.round import Admitted, MergeResult, RoundState
+from fedvc.signing import SigningKey
+
+
+def admitted_update(repo: Repository, admitted: Admitted) -> Update:
+    """The ``Update`` an admitted commit contributes: its model (memory-mapped), weighted by
+    its example count, named by its commit id, with its Fisher when it sent one."""
+    commit = repo.get_commit(admitted.commit)
+    fisher = repo.read_snapshot(admitted.fisher) if admitted.fisher else None
+    return Update(
+        repo.read_snapshot(commit.snapshot),
+        weight=float(admitted.examples),
+        client=admitted.commit,
+        fisher=fisher,
+    )
+
+
+def saved_strategy_state(repo: Repository, commit: Commit) -> State | None:
+    """The strategy state a round's merge commit saved (server momentum, moments...)."""
+    record = commit.metadata.get("round")
+    saved = record.get("strategy_state") if isinstance(record, Mapping) else None
+    return dict(repo.read_snapshot(ObjectId(saved))) if isinstance(saved, str) else None
+
+
+def starting_state(repo: Repository, strategy: MergeStrategy, base: ObjectId) -> State:
+    """The state a round on ``base`` starts from: what the last merge saved, else fresh."""
+    commit = repo.get_commit(base)
+    saved = saved_strategy_state(repo, commit)
+    return saved if saved is not None else strategy.init(repo.read_snapshot(commit.snapshot))
+
+
+def record_merge(
+    repo: Repository,
+    state: RoundState,
+    result: MergeResult,
+    *,
+    signer: SigningKey,
+    branch: str,
+    message: str,
+) -> ObjectId:
+    """Write the round's signed octopus merge commit and move ``branch`` to it.
+
+    The branch moves by compare-and-swap from the round's base, so two coordinators on
+    one repository can never both record a round on the same base.
+    """
+    metadata = result.metadata
+    if result.strategy_state:
+        metadata["round"]["strategy_state"] = repo.write_snapshot(result.strategy_state)
+    oid = repo.write_commit(
+        repo.write_snapshot(result.params),
+        parents=[state.base, *sorted(a.commit for a in state.admitted)],
+        message=message,
+        metadata=metadata,
+        signer=signer,
+    )
+    repo.refs.set_ref(branch_ref(branch), oid, state.base)
+    return oid
