@@ -19,6 +19,9 @@ from fedvc.merge.base import MergeError, State, StrategySpec, Update, ordered
 from fedvc.merge.registry import strategy_from_spec
 from fedvc.objects import Commit, ObjectId, Snapshot, TensorEntry, hash_object
 from fedvc.repo import Repository
+from fedvc.round import Admitted
+from fedvc.round_store import admitted_update, saved_strategy_state
+from fedvc.signing import KeyId
 from fedvc.tensors import ParamMap, dtype_name, tensor_bytes
 
 
@@ -86,15 +89,20 @@ def _recipe(repo: Repository, commit: Commit) -> Recipe | str:
 
 def _round_recipe(repo: Repository, commit: Commit, record: Mapping[str, Any]) -> Recipe:
     base_id = commit.parents[0]
-    updates = []
-    for p in record["participants"]:
-        update = repo.get_commit(ObjectId(p["commit"]))
-        fisher = repo.read_snapshot(ObjectId(p["fisher"])) if "fisher" in p else None
-        params = repo.read_snapshot(update.snapshot)
-        updates.append(Update(params, float(p["examples"]), p["commit"], fisher))
-    base_round = repo.get_commit(base_id).metadata.get("round")
-    saved = base_round.get("strategy_state") if isinstance(base_round, Mapping) else None
-    state = dict(repo.read_snapshot(ObjectId(saved))) if isinstance(saved, str) else None
+    updates = [
+        admitted_update(
+            repo,
+            Admitted(
+                ObjectId(p["commit"]),
+                KeyId(p["key_id"]),
+                int(p["examples"]),
+                {},
+                ObjectId(p["fisher"]) if "fisher" in p else None,
+            ),
+        )
+        for p in record["participants"]
+    ]
+    state = saved_strategy_state(repo, repo.get_commit(base_id))
     return StrategySpec.from_json(record["strategy"]), base_id, updates, state
 
 
