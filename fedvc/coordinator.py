@@ -23,7 +23,7 @@ import numpy as np
 
 from fedvc.merge.base import MergeStrategy, StrategySpec
 from fedvc.objects import Commit, ObjectId, Snapshot
-from fedvc.repo import Repository, branch_ref
+from fedvc.repo import Repository, RevisionError, branch_ref
 from fedvc.round import (
     ROUND_KEY,
     Admitted,
@@ -192,15 +192,16 @@ class Coordinator:
     def next_round(self, key_id: str) -> Offer:
         with self._lock:
             self.tick()
-            self.observer.client_seen(key_id)
-            if self._state is None:
-                return Finished(self.config.rounds)
             if not self.trust.trusts_key_id(key_id):
+                self.observer.rejected("unknown_key")
                 raise UpdateRejected(
                     "unknown_key",
                     f"key {key_id} is not among the coordinator's trusted client keys; "
                     "ask the operator to add its .pub file",
                 )
+            self.observer.client_seen(key_id)
+            if self._state is None:
+                return Finished(self.config.rounds)
             state = self._state
             if key_id in state.admitted_keys:
                 return Wait(
@@ -231,8 +232,7 @@ class Coordinator:
 
     def put_objects(self, objects: Iterable[WireObject]) -> None:
         for obj in objects:
-            obj.check()
-            self.repo.objects.put(obj.kind, obj.payload)
+            obj.store_in(self.repo.objects)
 
     def submit(self, round_number: int, commit: ObjectId) -> Verdict:
         with self._lock:
@@ -241,9 +241,14 @@ class Coordinator:
             if state is None or round_number < state.number:
                 closed = f"round {round_number} is closed"
                 return self._refuse(state, commit, "", UpdateRejected("round_closed", closed))
+            if round_number > state.number:
+                future = f"round {round_number} is not open; the open round is {state.number}"
+                return self._refuse(state, commit, "", UpdateRejected("wrong_round", future))
+            if any(a.commit == commit for a in state.admitted):
+                return Verdict(True, detail="already admitted to this round")  # a retried call
             try:
                 update = self.repo.get_commit(commit)
-            except (ObjectNotFoundError, StoreError) as exc:
+            except (ObjectNotFoundError, StoreError, RevisionError) as exc:
                 error = UpdateRejected("missing_objects", f"commit {commit}: {exc}")
                 return self._refuse(state, commit, "", error)
             try:

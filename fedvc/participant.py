@@ -156,8 +156,7 @@ class Participant:
             oid for oid in self.link.list_objects(commit) if not self.repo.objects.contains(oid)
         ]
         for obj in self.link.get_objects(wanted):
-            obj.check()
-            self.repo.objects.put(obj.kind, obj.payload)
+            obj.store_in(self.repo.objects)
         return len(wanted)
 
     def upload(self, commit: ObjectId) -> int:

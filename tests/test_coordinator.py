@@ -258,11 +258,31 @@ def test_rejections_are_counted_recorded_and_do_not_disturb_the_round() -> None:
     assert verify(repo, "main").ok
 
 
-def test_unknown_clients_get_no_work() -> None:
-    coord = coordinator(make_repo())
+def test_unknown_clients_get_no_work_and_are_not_counted_as_clients() -> None:
+    events = Events()
+    coord = coordinator(make_repo(), events=events)
     stranger = SigningKey.from_seed(bytes([99]) * 32)
     with pytest.raises(UpdateRejected, match="not among"):
         coord.next_round(str(stranger.key_id))
+    assert events.rejections == ["unknown_key"] and not events.seen
+
+
+def test_a_retried_submission_is_admitted_once_and_a_future_round_is_refused() -> None:
+    repo = make_repo()
+    coord = coordinator(repo)
+    alice = participants(coord)[0]
+    offer = coord.next_round(alice.key_id)
+    assert isinstance(offer, RoundOffer)
+    update = alice.train(offer)
+    alice.upload(update)
+    assert coord.submit(1, update).admitted
+    again = coord.submit(1, update)  # the answer was lost and the link tried again
+    assert again.admitted and "already" in again.detail
+    state = coord.state
+    assert state is not None and len(state.admitted) == 1
+    assert coord.submit(2, update).reason == "wrong_round"
+    blob = repo.get_snapshot(repo.get_commit(update).snapshot).tensors["layer.bias"].blob
+    assert coord.submit(1, blob).reason == "missing_objects"  # not a commit
 
 
 def test_fisher_rounds_ask_for_and_merge_with_the_fisher() -> None:

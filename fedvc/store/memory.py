@@ -31,7 +31,7 @@ class MemoryObjectStore:
         oid = hash_object(kind, payload)
         with self._lock:
             if oid not in self._objects:
-                self._objects[oid] = object_header(kind, len(payload)) + bytes(payload)
+                self._objects[oid] = b"".join((object_header(kind, len(payload)), payload))
                 if commit is not None:
                     self._commits[oid] = commit
         return oid

@@ -1,0 +1,63 @@
+"""``fedvc_client.run``: take part in a coordinator's rounds over gRPC until it is done.
+
+The participant's repository is its object cache: with ``cache`` it lives on disk, so a
+restarted client does not download the tensors it already holds again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from fedvc.participant import Participant, Submitted, Task
+from fedvc.repo import Repository
+from fedvc.signing import SigningKey
+from fedvc.store.disk import is_store_dir
+from fedvc.user_code import UserCodeError, import_object
+from fedvc_client.link import ClientTls, GrpcLink
+
+
+def load_task(spec: str, args: Mapping[str, Any] | None = None) -> Task:
+    """``package.module:name`` → a Task: ``name`` is a Task, or a factory called with ``args``."""
+    found = import_object(spec, "--task")
+    task = found(**dict(args or {})) if callable(found) and not hasattr(found, "train") else found
+    if not callable(getattr(task, "train", None)):
+        raise UserCodeError(
+            f"--task {spec!r} gave {type(task).__name__}, which has no train(params, config) "
+            "method; it must be a Task or a function returning one"
+        )
+    return task  # type: ignore[no-any-return]
+
+
+def open_cache(path: str | Path | None) -> Repository:
+    """A disk repository at ``path`` (created if needed), or one in memory."""
+    if path is None:
+        return Repository.memory()
+    path = Path(path)
+    return Repository.open(path) if is_store_dir(path) else Repository.init(path, bare=True)
+
+
+def run(
+    server: str,
+    key: SigningKey | str | Path,
+    task: Task,
+    *,
+    tls: ClientTls | None = None,
+    cache: str | Path | None = None,
+    max_rounds: int | None = None,
+    on_round: Callable[[Submitted], None] | None = None,
+) -> list[Submitted]:
+    """Take part in rounds at ``server`` (``host:port``) until the coordinator is finished.
+
+    ``key`` signs every update (a ``SigningKey`` or a key file); the coordinator admits
+    only keys it trusts. ``on_round`` hears every submission and its verdict.
+    """
+    signer = key if isinstance(key, SigningKey) else SigningKey.load(key)
+    link = GrpcLink(server, tls=tls)
+    repo = open_cache(cache)
+    try:
+        return Participant(link, task, signer, repo).run(max_rounds=max_rounds, on_round=on_round)
+    finally:
+        link.close()
+        repo.close()
