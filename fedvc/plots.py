@@ -7,11 +7,13 @@ or changes the backend or global state of a program that imports fedvc.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from fedvc.barrier import BarrierError, BarrierResult
 
@@ -56,5 +58,89 @@ def plot_barriers(
     axes.set_title(title)
     axes.grid(alpha=0.3)
     figure.legend(loc="outside lower center")  # below the axes: never over a curve
+    figure.savefig(target, format="png")
+    return target
+
+
+def plot_rounds(
+    series: Mapping[str, Sequence[tuple[int, float]]],
+    path: str | Path,
+    *,
+    ylabel: str,
+    title: str,
+) -> Path:
+    """Write a PNG of a metric against the round, one line per series (e.g. per strategy).
+
+    ``series`` maps a label to ``(round, value)`` points; round 0 is the initial model.
+    Parent folders are created. Returns the path.
+    """
+    if not series:
+        raise ValueError("plot_rounds needs at least one series to draw, got none")
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    figure = Figure(figsize=(6.4, 4.8), dpi=120, layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    styles = ("-", "--", ":", "-.")
+    markers = ("o", "s", "^", "D", "v", "x")
+    for index, (label, points) in enumerate(series.items()):
+        # styles differ as well as colours: strategies that coincide stay visible
+        axes.plot(
+            [r for r, _ in points],
+            [v for _, v in points],
+            linestyle=styles[index % len(styles)],
+            marker=markers[index % len(markers)],
+            markersize=3,
+            label=label,
+        )
+    axes.set_xlabel("round")
+    axes.set_ylabel(ylabel)
+    axes.set_title(title)
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.grid(alpha=0.3)
+    figure.legend(loc="outside lower center", ncols=min(len(series), 4))
+    figure.savefig(target, format="png")
+    return target
+
+
+def plot_partition(
+    table: np.ndarray,
+    path: str | Path,
+    *,
+    classes: Sequence[object] | None = None,
+    clients: Sequence[str] | None = None,
+    title: str = "Examples per client and class",
+) -> Path:
+    """Write a PNG heatmap of a partition table: clients (rows) by classes (columns).
+
+    ``table`` is what ``fedvc.simulation.partition_table`` returns. Colour is each cell's
+    share of its client's examples, so small and large clients read alike; tick labels
+    are left out where there are too many to read. Returns the path.
+    """
+    counts = np.asarray(table, dtype=np.float64)
+    if counts.ndim != 2 or counts.size == 0:
+        raise ValueError(f"a partition table is a non-empty 2-D array, got shape {counts.shape}")
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    rows, columns = counts.shape
+    shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    figure = Figure(
+        figsize=(min(4 + 0.3 * columns, 16), min(2.5 + 0.25 * rows, 12)),
+        dpi=120,
+        layout="constrained",
+    )
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    image = axes.imshow(shares, aspect="auto", cmap="viridis", interpolation="nearest", vmin=0)
+    figure.colorbar(image, ax=axes, label="share of the client's examples")
+    if columns <= 40:
+        names = [str(c) for c in classes] if classes else [str(i) for i in range(columns)]
+        axes.set_xticks(range(columns), names, fontsize="small")
+    if rows <= 50:
+        labels = list(clients) if clients else [str(i) for i in range(rows)]
+        axes.set_yticks(range(rows), labels, fontsize="small")
+    axes.set_xlabel("class")
+    axes.set_ylabel("client")
+    axes.set_title(title)
     figure.savefig(target, format="png")
     return target

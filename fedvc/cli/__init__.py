@@ -1,7 +1,7 @@
 """``fedvc``: the command line over the library.
 
 Commands: init, keygen, commit, log, show, diff, checkout, branch, tag, verify, merge,
-barrier.
+barrier, simulate.
 Each is a small function from parsed arguments to printed text; the work is in the
 library. Exit codes: 0 success, 1 a check failed (``verify``), 2 bad input or a fedvc
 error (the message says what was expected, what came, and what to do).
@@ -13,7 +13,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from fedvc.cli import diff_commands, merge_commands, repo_commands
+from fedvc.cli import diff_commands, merge_commands, repo_commands, simulate_commands
 from fedvc.errors import FedvcError
 
 
@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     repo_commands.add_commands(sub)
     diff_commands.add_commands(sub)
     merge_commands.add_commands(sub)
+    simulate_commands.add_commands(sub)
     return parser
 
 
