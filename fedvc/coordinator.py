@@ -78,7 +78,9 @@ class RoundObserver(Protocol):
     def round_closed(self, report: RoundReport) -> None: ...
 
 
-class _Silent:
+class SilentObserver:
+    """An observer that ignores everything: subclass it and override what you need."""
+
     def client_seen(self, key_id: str) -> None:
         pass
 
@@ -142,7 +144,7 @@ class Coordinator:
         self.signer = signer
         self.config = config
         self.clock = clock
-        self.observer: RoundObserver = observer or _Silent()
+        self.observer: RoundObserver = observer or SilentObserver()
         self._lock = threading.RLock()
         self._fisher = uses_fisher(strategy.spec)
         self._admitted_ever: set[ObjectId] = set()
@@ -151,6 +153,11 @@ class Coordinator:
             raise RoundError(
                 f"branch {config.branch!r} does not exist: commit an initial model to it "
                 "before starting a coordinator"
+            )
+        if config.round.min_clients > self.fleet_size:
+            raise RoundError(
+                f"a round needs at least {config.round.min_clients} clients but only "
+                f"{self.fleet_size} keys are trusted: lower min_clients or trust more clients"
             )
         tip_commit = repo.get_commit(tip)
         self._strategy_state = starting_state(repo, strategy, tip)

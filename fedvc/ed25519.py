@@ -12,6 +12,8 @@ References:
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 _P = 2**255 - 19
 _D = -121665 * pow(121666, -1, _P) % _P
 _SQRT_M1 = pow(2, (_P - 1) // 4, _P)
@@ -31,6 +33,7 @@ def _point_add(a: _Point, b: _Point) -> _Point:
     return (e * f % _P, g * h % _P, f * g % _P, e * h % _P)
 
 
+@lru_cache(maxsize=4096)  # pure Python and slow; a fleet's few keys are checked every round
 def point_problem(raw: bytes) -> str | None:
     """Why ``raw`` is not a usable Ed25519 public key, or None if it is (RFC 8032, 5.1.3)."""
     y = int.from_bytes(raw, "little")

@@ -153,16 +153,17 @@ class _Sums:
         count = len(self.gram)
         squares = np.diag(self.gram)
         norms = [_finite(math.sqrt(s)) if s >= 0 else None for s in squares]
-        cosines, overlaps = [], []
-        for i in range(count):
-            for j in range(i + 1, count):
-                a, b = norms[i], norms[j]
-                cosine = float(self.gram[i, j]) / a / b if a and b else math.nan
-                if math.isfinite(cosine):
-                    cosines.append(max(-1.0, min(1.0, cosine)))
-                union = self.shared[i, i] + self.shared[j, j] - self.shared[i, j]
-                if union > 0:
-                    overlaps.append(float(self.shared[i, j] / union))
+        # every pair at once (a fleet of n clients has n(n-1)/2 pairs); fsum below keeps the
+        # means exact and independent of summation order
+        first, second = np.triu_indices(count, 1)
+        lengths = np.array([math.nan if n is None else n for n in norms], dtype=np.float64)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            pair_cosines = self.gram[first, second] / lengths[first] / lengths[second]
+            alone = np.diag(self.shared)  # |mask_i|
+            union = alone[first] + alone[second] - self.shared[first, second]
+            pair_overlaps = self.shared[first, second][union > 0] / union[union > 0]
+        cosines = np.clip(pair_cosines[np.isfinite(pair_cosines)], -1.0, 1.0).tolist()
+        overlaps = pair_overlaps.tolist()
         mean_cosine = _finite(math.fsum(cosines) / len(cosines)) if cosines else None
         conflict = self.conflicting / self.contested if self.contested else 0.0
         known = [n for n in norms if n is not None]

@@ -333,6 +333,8 @@ def test_corrupted_objects_are_refused_on_arrival() -> None:
         coord.put_objects([WireObject(ObjectId("0" * 64), "blob", payload)])
 
 
-def test_a_coordinator_needs_an_initial_model() -> None:
+def test_a_coordinator_needs_an_initial_model_and_a_fleet_big_enough() -> None:
     with pytest.raises(RoundError, match="commit an initial model"):
         coordinator(Repository.memory())
+    with pytest.raises(RoundError, match="only 3 keys are trusted"):
+        coordinator(make_repo(), min_clients=4)

@@ -31,13 +31,13 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from fedvc.coordinator import Coordinator, CoordinatorConfig, RoundReport
+from fedvc.coordinator import Coordinator, CoordinatorConfig, RoundReport, SilentObserver
 from fedvc.errors import FedvcError
 from fedvc.merge.base import MergeStrategy
 from fedvc.objects import ObjectId
 from fedvc.participant import Participant, TrainResult
 from fedvc.repo import Repository, branch_ref
-from fedvc.round import Admitted, RoundConfig
+from fedvc.round import RoundConfig
 from fedvc.signing import PublicKey, SigningKey
 from fedvc.simulation.workers import (
     Trained,
@@ -109,18 +109,12 @@ class _Trained:
         return self.result
 
 
-class _Reports:
+class _Reports(SilentObserver):
     """The coordinator's observer: keeps each closed round's report and every rejection."""
 
     def __init__(self) -> None:
         self.closed: list[RoundReport] = []
         self.rejections: list[str] = []
-
-    def client_seen(self, key_id: str) -> None:
-        pass
-
-    def admitted(self, update: Admitted) -> None:
-        pass
 
     def rejected(self, reason: str) -> None:
         self.rejections.append(reason)

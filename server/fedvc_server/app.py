@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 
-from fedvc.coordinator import Coordinator, RoundObserver, RoundReport
+from fedvc.coordinator import Coordinator, RoundObserver, RoundReport, SilentObserver
 from fedvc.round import Admitted
 from fedvc_server.bootstrap import build_coordinator
 from fedvc_server.config import ServerConfig
@@ -109,18 +109,12 @@ class FleetServer:
             self.coordinator.tick()
 
 
-class ProgressPrinter:
+class ProgressPrinter(SilentObserver):
     """Prints one line per closed round (and per rejection) for a person watching."""
 
     def __init__(self, write: Callable[[str], None], *, started: float | None = None) -> None:
         self.write = write
         self.started = time.monotonic() if started is None else started
-
-    def client_seen(self, key_id: str) -> None:
-        pass
-
-    def admitted(self, update: Admitted) -> None:
-        pass
 
     def rejected(self, reason: str) -> None:
         self.write(f"  rejected an update: {reason}")

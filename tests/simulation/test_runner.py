@@ -9,7 +9,7 @@ import pytest
 
 from fedvc.merge import fedavg, fisher
 from fedvc.repo import Repository
-from fedvc.round import ROUND_KEY, RoundConfig
+from fedvc.round import ROUND_KEY, RoundConfig, RoundError
 from fedvc.simulation.partition import dirichlet, iid
 from fedvc.simulation.runner import (
     SIMULATED_EPOCH,
@@ -144,6 +144,6 @@ def test_a_round_larger_than_the_fleet_is_refused() -> None:
     parts = iid(workload.labels(), 3, seed=0)
     with (
         Simulation(workload, parts, repo=Repository.memory()) as simulation,
-        pytest.raises(SimulationError, match="needs 5 clients but the fleet has 3"),
+        pytest.raises(RoundError, match="needs at least 5 clients but only 3 keys are trusted"),
     ):
         simulation.run("a", fedavg(), RoundConfig(min_clients=5, max_clients=5), rounds=1)
