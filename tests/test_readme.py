@@ -45,3 +45,28 @@ def test_custom_strategy_example_works_by_name(monkeypatch: pytest.MonkeyPatch) 
     averaged, _ = fedavg().merge(None, updates, {})
     assert np.abs(merged["w"] - 1.0).max() < 0.1 and merged["w"].dtype == np.float32
     assert np.abs(averaged["w"] - 1.0).max() > 1e4
+
+
+def test_fleet_task_example_takes_part_in_a_round() -> None:
+    from fedvc.coordinator import Coordinator, CoordinatorConfig
+    from fedvc.participant import Participant
+    from fedvc.repo import Repository
+    from fedvc.signing import SigningKey
+    from fedvc.trust import TrustStore
+
+    namespace: dict[str, object] = {}
+    exec(compile(block_with("class Task:"), "README.md", "exec"), namespace)
+    repo = Repository.memory()
+    server, client = SigningKey.generate(), SigningKey.generate()
+    repo.commit_params({"w": np.zeros(3, np.float32)}, "initial model", signer=server)
+    coordinator = Coordinator(
+        repo,
+        make("fedavg"),  # type: ignore[arg-type]
+        trust=TrustStore([client.public_key]),
+        signer=server,
+        config=CoordinatorConfig(rounds=2),
+    )
+    task = namespace["Task"]()  # type: ignore[operator]
+    submitted = Participant(coordinator, task, client, repo).run()
+    assert [s.verdict.admitted for s in submitted] == [True, True]
+    np.testing.assert_allclose(repo.read_params("main")["w"], 0.2, rtol=1e-6)
