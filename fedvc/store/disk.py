@@ -256,13 +256,18 @@ def create_store_dir(path: Path) -> None:
         raise StoreError(f"{path} already holds a fedvc repository")
     (path / "objects").mkdir(parents=True, exist_ok=True)
     (path / "tmp").mkdir(exist_ok=True)
-    db = Database(path / DATABASE)
+    # The database is complete before it has its name: a reader that finds fedvc.db (another
+    # process opening the repository while it is created) never sees it half made.
+    draft = path / "tmp" / f"{DATABASE}.{uuid.uuid4().hex}"
+    db = Database(draft)
     try:
         db.execute(
             "INSERT OR IGNORE INTO settings (key, value) VALUES ('format', ?)", (FORMAT_VERSION,)
         )
     finally:
         db.close()
+    os.replace(draft, path / DATABASE)
+    _fsync_dir(path)
 
 
 def open_store_dir(path: Path) -> tuple[DiskObjectStore, SqliteRefStore]:
