@@ -20,6 +20,10 @@ from typing import Any
 
 import pytest
 import yaml
+from fedvc_client.reference import digits_initial
+from fedvc_server.config import parse_config
+
+from fedvc.tensor_files import load_params
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKER = ROOT / "docker"
@@ -221,7 +225,7 @@ def test_services_built_from_one_dockerfile_share_one_image_name() -> None:
         "docker/server.Dockerfile": {"fedvc-server:0.1.0"},
         "docker/client.Dockerfile": {"fedvc-client:0.1.0"},
     }
-    assert SERVICES["keys"]["build"]["dockerfile"] == "docker/server.Dockerfile"
+    assert SERVICES["keys"]["build"]["dockerfile"] == "docker/client.Dockerfile"  # reference model
     assert all(SERVICES[c]["build"]["dockerfile"] == "docker/client.Dockerfile" for c in CLIENTS)
 
 
@@ -302,10 +306,13 @@ def test_keys_service_makes_every_key_once(tmp_path: Path) -> None:
     assert all(path.suffix == ".pub" for path in trusted.iterdir())
     assert trusted_keys == sorted(Path(f"{key}.pub").read_text() for key in client_keys)
 
-    before = {path: path.read_text() for path in volume.rglob("*") if path.is_file()}
+    initial = on_host(SERVER_CONFIG["model"]["initial"])
+    assert load_params(initial).keys() == digits_initial().keys()
+
+    before = {path: path.read_bytes() for path in volume.rglob("*") if path.is_file()}
     subprocess.run(run, env=environment, check=True, capture_output=True, text=True)
     assert len(log.read_text().split()) == 1 + len(CLIENTS), "existing keys are kept"
-    assert {path: path.read_text() for path in volume.rglob("*") if path.is_file()} == before
+    assert {path: path.read_bytes() for path in volume.rglob("*") if path.is_file()} == before
 
 
 def test_compose_file_validates_with_docker_compose() -> None:
@@ -397,12 +404,21 @@ def test_dockerignore_keeps_local_state_out_of_the_build_context() -> None:
 # ---------------------------------------------------------------------------- server config
 
 
+def test_server_config_is_accepted_by_the_server() -> None:
+    config = parse_config(SERVER_CONFIG, base=DOCKER, source="docker/server.toml")
+    assert (
+        str(config.repository).startswith("/data") and config.initial == "/keys/initial.safetensors"
+    )
+
+
 def test_server_config_has_the_documented_shape() -> None:
     assert set(SERVER_CONFIG) == {"server", "model", "rounds", "strategy", "updates", "train"}
     server = SERVER_CONFIG["server"]
     assert set(server) == {"address", "repository", "key", "trusted_keys", "metrics_port"}
     assert server["address"] == "0.0.0.0:50051" and server["metrics_port"] == 9100
-    assert SERVER_CONFIG["model"] == {"initial": "reference:digits"}
+    initial = SERVER_CONFIG["model"]["initial"]
+    _, source, _ = mount_of("server", initial)
+    assert source == "keys", "the initial model is written by the keys service"
     rounds = SERVER_CONFIG["rounds"]
     assert set(rounds) == {"count", "min_clients", "max_clients", "fraction", "deadline_seconds"}
     assert rounds["min_clients"] <= rounds["max_clients"] <= len(CLIENTS)
