@@ -133,7 +133,7 @@ class Participant:
         base = self.repo.read_params(offer.base)
         config = {**offer.config, "round": offer.number}
         result = self.task.train(base, config)
-        _check_result(result, wants_fisher=bool(offer.config.get("fisher")))
+        check_result(result, wants_fisher=bool(offer.config.get("fisher")))
         metadata: dict[str, Any] = {
             ROUND_KEY: offer.number,
             "examples": int(result.examples),
@@ -180,12 +180,17 @@ class Participant:
         return list(dict.fromkeys(ids))
 
     def _wire(self, ids: list[ObjectId]) -> Iterator[WireObject]:
-        for oid in ids:
-            stored = self.repo.objects.get(oid)
+        for oid in ids:  # unverified here: the coordinator hashes every object on arrival
+            stored = self.repo.objects.get(oid, verify=False)
             yield WireObject(oid, stored.kind, stored.payload)
 
 
-def _check_result(result: object, *, wants_fisher: bool) -> None:
+def check_result(result: object, *, wants_fisher: bool) -> None:
+    """Raise ``TaskError`` unless ``result`` is a ``TrainResult`` a round can use.
+
+    Public so that every runner of a ``Task`` (this participant, the Flower client
+    adapter) reports a task's mistakes in the same words.
+    """
     if not isinstance(result, TrainResult):
         raise TaskError(
             f"a task's train() must return fedvc.participant.TrainResult, got "

@@ -338,3 +338,19 @@ def test_a_coordinator_needs_an_initial_model_and_a_fleet_big_enough() -> None:
         coordinator(Repository.memory())
     with pytest.raises(RoundError, match="only 3 keys are trusted"):
         coordinator(make_repo(), min_clients=4)
+
+
+def test_an_object_damaged_on_the_servers_disk_is_refused_by_the_client(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path)
+    coord = coordinator(repo)
+    base = repo.get_snapshot(repo.get_commit(repo.resolve("main")).snapshot)
+    blob = base.tensors["layer.weight"].blob
+    path = tmp_path / ".fedvc" / "objects" / blob[:2] / blob[2:]
+    damaged = bytearray(path.read_bytes())
+    damaged[-1] ^= 0xFF
+    path.chmod(0o644)
+    path.write_bytes(bytes(damaged))
+    alice = participants(coord)[0]
+    with pytest.raises(CorruptObjectError, match=blob):
+        alice.step()
+    assert not alice.repo.objects.contains(blob)

@@ -119,8 +119,12 @@ class ObjectStore(Protocol):
     def put(self, kind: ObjectKind, payload: bytes | memoryview) -> ObjectId:
         """Store an object (once) and return its id."""
 
-    def get(self, oid: ObjectId) -> StoredObject:
-        """Read an object and verify its hash; raise ObjectNotFound/CorruptObject."""
+    def get(self, oid: ObjectId, *, verify: bool = True) -> StoredObject:
+        """Read an object and verify its hash; raise ObjectNotFound/CorruptObject.
+
+        ``verify=False`` skips the hash only where the bytes are about to be checked
+        anyway: objects sent to a peer, which hashes every object on arrival.
+        """
 
     def get_unverified(self, oid: ObjectId) -> bytes:
         """The raw stored bytes, unchecked: only for diagnosing corruption."""
