@@ -16,32 +16,54 @@ is downloaded.
   of them per round, in a fresh process; its peak resident memory and its workers'.
 - ``skew``: ``simulations/digits-dirichlet-0.1.toml`` (Dirichlet alpha=0.1, 20 clients):
   final test accuracy of FedAvg, FedProx, Fisher-weighted and matched averaging.
+- ``flower`` (``--flower``, or ``--full``; needs ``flwr[simulation]``): the ``overhead``
+  workload in Flower 1.41's simulation engine (Ray, ``--workers`` CPUs, each count of
+  actors in ``--flower-actors``), once with Flower's ``FedAvg`` and once with
+  ``FedvcStrategy("fedavg")`` writing signed commits, against fedvc in one process and in
+  ``--workers`` processes, all in this process after one untimed warm-up. Every Flower
+  node runs the fedvc task of its client through ``task_client_app``, with the seeds
+  fedvc gives it, so both frameworks train the very same client-rounds from the same
+  initial model: end-to-end time, round 1 (start-up) apart from the rest, training time,
+  overhead per client-round, speed-up, and the final models' difference. Then the final
+  accuracy of fedvc's and Flower's FedAvg at Dirichlet alpha=0.1 (the ``skew`` file).
 
 Defaults are small, so a run takes a minute or two; ``--full`` uses the target sizes
 above. Each section is a function from the parsed arguments to printed figures, listed
-in ``SECTIONS``: a comparison with another framework is added as one more entry there.
+in ``SECTIONS``.
 
-Usage: python bench/simulation.py [--full] [--only overhead,scale,fleet,skew] [--workers 2]
+Usage: python bench/simulation.py [--full] [--flower] [--only overhead,scale,fleet,skew,flower]
+       [--workers 2]
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import json
+import logging
 import math
+import os
 import resource
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from fedvc.repo import Repository
+from fedvc.signing import PublicKey
 from fedvc.simulation.config import SimulationConfig, load_config, parse_config
-from fedvc.simulation.experiment import ExperimentResult, run_experiment
+from fedvc.simulation.experiment import ExperimentResult, partition_clients, run_experiment
+from fedvc.simulation.runner import client_key, server_key
+from fedvc.simulation.workers import FleetTasks
+from fedvc.trust import TrustStore
+from fedvc.verify import verify
 
 ROOT = Path(__file__).resolve().parents[1]
 SKEW_CONFIG = ROOT / "simulations" / "digits-dirichlet-0.1.toml"
@@ -235,19 +257,362 @@ def skew(args: argparse.Namespace) -> dict[str, Any]:
     return {"rounds": config.rounds, "final_accuracy": finals, "seconds": result.seconds}
 
 
+# -- the same workload in Flower's simulation engine ---------------------------------------
+
+TIMING_KEY = "train-seconds"
+"""The metric under which the Flower client reports the seconds spent in the task."""
+
+Rounds = list[dict[str, float]]
+"""Per round: ``total`` (wall), ``train`` (summed over clients), ``evaluate``, ``clients``."""
+
+
+def fedvc_rounds(result: ExperimentResult) -> Rounds:
+    """The first strategy's rounds as ``Rounds``."""
+    return [
+        {
+            "total": r.seconds["total"],
+            "train": r.seconds["train"],
+            "evaluate": r.seconds["evaluate"],
+            "clients": float(len(r.clients)),
+        }
+        for r in result.runs[0].rounds[1:]
+    ]
+
+
+def steady_overhead_ms(rounds: Rounds) -> float:
+    """Per client-round, the wall time outside training and evaluation, from round 2 on.
+
+    Round 1 is left out because a Ray actor imports torch and builds the data set on its
+    first task (fedvc's workers do it before the rounds), and that is start-up, not a cost
+    paid per client-round. Meaningful when training is serial (one process, one actor).
+    """
+    steady = rounds[1:] or rounds
+    outside = sum(r["total"] - r["train"] - r["evaluate"] for r in steady)
+    return 1000 * outside / sum(r["clients"] for r in steady)
+
+
+def total(rounds: Rounds, key: str) -> float:
+    return sum(r[key] for r in rounds)
+
+
+@dataclass
+class FlowerRun:
+    """One run in Flower's simulation engine, timed from outside and round by round."""
+
+    seconds: float  # end to end: workload, partition, Ray start, actors, rounds, shutdown
+    rounds: Rounds
+    accuracy: list[float]  # after each round; [0] is the initial model
+    final: dict[str, np.ndarray]
+
+
+def run_flower(
+    config: SimulationConfig, actors: int, cpus: int, repo: Repository | None = None
+) -> FlowerRun:
+    """``config``'s FedAvg run in ``flwr.simulation.run_simulation``, client for client.
+
+    The fleet is ``config``'s partition, every client a SuperNode whose ``partition-id``
+    is its client number, training through ``task_client_app`` with the seeds a fedvc
+    ``Simulation`` gives it (``FleetTasks``): the same initial model, data and training
+    per client-round as ``run_experiment(config)``. The model is scored centrally after
+    every round, as fedvc does. With ``repo``, the strategy is ``FedvcStrategy("fedavg")``
+    recording signed commits there, otherwise Flower's own ``FedAvg``. Ray gets ``cpus``
+    CPUs shared by ``actors`` actors.
+    """
+    from flwr.app import (
+        ArrayRecord,
+        ConfigRecord,
+        Context,
+        MetricRecord,
+        MetricRecordValues,
+        RecordDict,
+    )
+    from flwr.serverapp import Grid, ServerApp
+    from flwr.serverapp.strategy import FedAvg
+    from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
+    from flwr.simulation import run_simulation
+
+    from fedvc.compat.flower import FedvcStrategy, arrays_to_params, params_to_arrays
+    from fedvc.compat.flower_client import task_client_app
+
+    started = time.perf_counter()
+    workload = config.workload.build()
+    parts = partition_clients(workload, config.partition, config.clients, config.seed)
+    tasks = FleetTasks(config.workload, tuple(parts), config.seed)
+    rounds: Rounds = []
+    marks: list[float] = []  # when each evaluation (the end of a round) finished
+    accuracy: list[float] = []
+    final: dict[str, np.ndarray] = {}
+
+    def train_metrics(replies: list[RecordDict], key: str) -> MetricRecord:
+        seconds = 0.0
+        for reply in replies:
+            value = next(iter(reply.metric_records.values()))[TIMING_KEY]
+            assert isinstance(value, float)
+            seconds += value
+        rounds.append({"train": seconds, "clients": float(len(replies))})
+        return aggregate_metricrecords(replies, key)
+
+    def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        began = time.perf_counter()
+        metrics = workload.evaluate(arrays_to_params(arrays))
+        marks.append(time.perf_counter())
+        if server_round:
+            rounds[-1] |= {"evaluate": marks[-1] - began, "total": marks[-1] - marks[-2]}
+        accuracy.append(metrics["accuracy"])
+        record: dict[str, MetricRecordValues] = dict(metrics)
+        return MetricRecord(record)
+
+    options: dict[str, Any] = {
+        "fraction_evaluate": 0.0,
+        "min_train_nodes": len(parts),
+        "min_available_nodes": len(parts),
+        "train_metrics_aggr_fn": train_metrics,
+    }
+    strategy = (
+        FedAvg(**options)
+        if repo is None
+        else FedvcStrategy("fedavg", repo, server_key(config.seed), **options)
+    )
+    server = ServerApp()
+
+    @server.main()
+    def main(grid: Grid, context: Context) -> None:
+        result = strategy.start(
+            grid=grid,
+            initial_arrays=params_to_arrays(workload.initial_params(config.seed)),
+            num_rounds=config.rounds,
+            train_config=ConfigRecord(dict(config.train)),
+            evaluate_fn=evaluate,
+        )
+        final.update(arrays_to_params(result.arrays))
+
+    run_simulation(
+        server_app=server,
+        client_app=task_client_app(tasks, timing_key=TIMING_KEY),
+        num_supernodes=len(parts),
+        backend_config={
+            "client_resources": {"num_cpus": cpus / actors, "num_gpus": 0.0},
+            "init_args": {
+                "num_cpus": cpus,
+                "include_dashboard": False,
+                "logging_level": logging.ERROR,
+                "log_to_driver": False,
+            },
+        },
+    )
+    if len(accuracy) != config.rounds + 1:
+        raise SystemExit(f"Flower ran {len(accuracy) - 1} of {config.rounds} rounds")
+    return FlowerRun(time.perf_counter() - started, rounds, accuracy, final)
+
+
+def quiet_flower() -> None:
+    """Flower logs every round at INFO and reports telemetry: neither belongs in a timing."""
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    from flwr.supercore.logger import FLOWER_LOGGER  # set to DEBUG when first imported
+
+    FLOWER_LOGGER.setLevel(logging.ERROR)
+
+
+def signed_rounds(repo: Repository, branch: str, keys: Sequence[PublicKey]) -> int:
+    """The merge commits on ``branch``, after checking every commit's hashes and signature."""
+    report = verify(repo, branch, TrustStore(keys))
+    if not report.ok or report.signed != report.commits:
+        raise SystemExit(f"the history of {branch!r} does not verify: {report.problems[:3]}")
+    return sum(1 for _, c in repo.log(branch, first_parent=True) if len(c.parents) > 1)
+
+
+def max_difference(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> float:
+    return max(float(np.max(np.abs(a[name] - b[name]))) for name in a)
+
+
+def warm_up(config: SimulationConfig) -> float:
+    """Seconds for this process's one-time start: torch's import and first training step.
+
+    Done before any timed run, so no run is charged for its place in the order. A fresh
+    process pays this once; fedvc's worker processes and Flower's Ray actors each pay it
+    in their first round, which the end-to-end figures include.
+    """
+    started = time.perf_counter()
+    workload = config.workload.build()
+    parts = partition_clients(workload, config.partition, config.clients, config.seed)
+    initial = workload.initial_params(config.seed)
+    workload.client_task(parts[0]).train(initial, {**config.train, "round": 1})
+    workload.evaluate(initial)
+    return time.perf_counter() - started
+
+
+def fedvc_verified(config: SimulationConfig) -> tuple[ExperimentResult, int, dict[str, np.ndarray]]:
+    """``config`` run on disk; its signed merges, every signature checked; its final model."""
+    keys = [server_key(config.seed).public_key]
+    keys += [client_key(config.seed, k).public_key for k in range(config.clients or 0)]
+    with tempfile.TemporaryDirectory() as scratch:
+        repo = Repository.init(Path(scratch) / "repo", bare=True)
+        try:
+            result = run_experiment(config, repo)
+            return result, signed_rounds(repo, "fedavg", keys), repo.read_params("fedavg")
+        finally:
+            repo.close()
+
+
+def flower_speed(args: argparse.Namespace, actors: list[int]) -> dict[str, Any]:
+    """digits, 20 x 5, Dirichlet 0.5: fedvc, Flower's FedAvg, FedvcStrategy, one process."""
+    clients, rounds = args.overhead_clients, args.overhead_rounds
+    config = digits_config(clients, rounds, args.workers, epochs=args.epochs)
+    start_up = warm_up(config)
+    counts = sorted({1, args.workers})
+    fedvc = {w: fedvc_verified(dataclasses.replace(config, workers=w)) for w in counts}
+    runs = {a: run_flower(config, a, args.workers) for a in actors}
+    ours = min(counts, key=lambda w: fedvc[w][0].seconds)
+    best = min(actors, key=lambda a: runs[a].seconds)
+    with tempfile.TemporaryDirectory() as scratch:
+        repo = Repository.init(Path(scratch) / "repo", bare=True)
+        try:
+            bridged = run_flower(config, best, args.workers, repo)
+            bridged_merges = signed_rounds(repo, "main", [server_key(config.seed).public_key])
+        finally:
+            repo.close()
+    flower = runs[best]
+    mine = fedvc_rounds(fedvc[ours][0])
+    figures: dict[str, Any] = {
+        "clients": clients,
+        "rounds": rounds,
+        "cpus": args.workers,
+        "process_start_up_seconds": start_up,
+        "fedvc": {
+            str(w): timing(fedvc_rounds(result), result.seconds, w == 1)
+            | {"signed_merges": merges, "final_accuracy": result.runs[0].rounds[-1].accuracy}
+            for w, (result, merges, _) in fedvc.items()
+        },
+        "flower_fedavg": {
+            str(a): timing(run.rounds, run.seconds, a == 1) | {"final_accuracy": run.accuracy[-1]}
+            for a, run in runs.items()
+        },
+        "flower_best_actors": best,
+        "fedvc_strategy_in_flower": timing(bridged.rounds, bridged.seconds, best == 1)
+        | {"actors": best, "signed_merges": bridged_merges, "final_accuracy": bridged.accuracy[-1]},
+        "speedup_end_to_end": flower.seconds / fedvc[ours][0].seconds,
+        "speedup_fresh_process": flower.seconds / (fedvc[ours][0].seconds + start_up),
+        "speedup_after_round_1": total(flower.rounds[1:], "total") / total(mine[1:], "total"),
+        "max_weight_difference_flower_vs_fedvc": max_difference(flower.final, fedvc[ours][2]),
+    }
+    lines = [
+        f"  fedvc, {'one process' if w == 1 else f'{w} worker processes'}, on disk, "
+        f"{merges} signed merges verified: {describe(fedvc_rounds(result), result.seconds, w == 1)}"
+        for w, (result, merges, _) in fedvc.items()
+    ]
+    lines += [
+        f"  Flower FedAvg, Ray with {args.workers} CPUs, {a} actor(s): "
+        f"{describe(run.rounds, run.seconds, a == 1)}"
+        for a, run in runs.items()
+    ]
+    lines.append(
+        f"  FedvcStrategy('fedavg') in Flower, {best} actor(s), on disk, {bridged_merges} "
+        f"signed merges verified: {describe(bridged.rounds, bridged.seconds, best == 1)}"
+    )
+    print(
+        f"flower: digits MLP, {clients} clients x {rounds} rounds, Dirichlet 0.5, the same "
+        f"partition, initial model and seeds; a fresh process's torch start-up ({start_up:.1f} s)"
+        " paid before timing\n"
+        + "\n".join(lines)
+        + f"\n  fedvc ({'one process' if ours == 1 else f'{ours} workers'}) is "
+        f"{figures['speedup_end_to_end']:.1f}x Flower's FedAvg ({best} actor(s)) end to end "
+        f"({figures['speedup_fresh_process']:.1f}x charging fedvc alone with the start-up), "
+        f"{figures['speedup_after_round_1']:.1f}x after round 1\n"
+        f"  final accuracy: fedvc {fedvc[ours][0].runs[0].rounds[-1].accuracy:.3f}, Flower "
+        f"FedAvg {flower.accuracy[-1]:.3f}, FedvcStrategy {bridged.accuracy[-1]:.3f}; largest "
+        f"weight difference fedvc vs Flower {figures['max_weight_difference_flower_vs_fedvc']:.1e}"
+    )
+    return figures
+
+
+def timing(rounds: Rounds, seconds: float, serial: bool) -> dict[str, float]:
+    """A run's figures; the overhead per client-round only where training was serial."""
+    figures = {
+        "seconds": seconds,
+        "round_1_seconds": rounds[0]["total"],
+        "later_rounds_seconds": total(rounds[1:], "total"),
+        "train_seconds": total(rounds, "train"),
+        "client_rounds": total(rounds, "clients"),
+    }
+    if serial:
+        figures["overhead_ms_per_client_round"] = steady_overhead_ms(rounds)
+    return figures
+
+
+def describe(rounds: Rounds, seconds: float, serial: bool) -> str:
+    later = f", after it {total(rounds[1:], 'total'):.2f} s" if rounds[1:] else ""
+    overhead = f"; framework {steady_overhead_ms(rounds):.1f} ms per client-round" if serial else ""
+    return (
+        f"{seconds:.1f} s end to end (round 1 {rounds[0]['total']:.2f} s{later}), training "
+        f"{total(rounds, 'train'):.1f} s{overhead}"
+    )
+
+
+def flower_accuracy(args: argparse.Namespace, actors: int) -> dict[str, Any]:
+    """Dirichlet 0.1: fedvc's FedAvg and Flower's on the same partition, model and seeds."""
+    config = load_config(SKEW_CONFIG)
+    rounds = config.rounds if args.flower_skew_rounds is None else args.flower_skew_rounds
+    config = dataclasses.replace(config, workers=args.workers, rounds=rounds)
+    fedvc = run_experiment(config, Repository.memory(), strategies=[0])  # FedAvg
+    flower = run_flower(config, actors, args.workers)
+    ours = [r.accuracy or 0.0 for r in fedvc.runs[0].rounds]
+    differences = [abs(a - b) for a, b in zip(ours, flower.accuracy, strict=True)]
+    figures = {
+        "rounds": rounds,
+        "clients": config.clients,
+        "fedvc_fedavg": ours[-1],
+        "flower_fedavg": flower.accuracy[-1],
+        "difference": ours[-1] - flower.accuracy[-1],
+        "largest_round_difference": max(differences),
+        "fedvc_seconds": fedvc.seconds,
+        "flower_seconds": flower.seconds,
+    }
+    print(
+        f"  Dirichlet 0.1, {config.clients} clients, {rounds} rounds, final accuracy: fedvc "
+        f"FedAvg {ours[-1]:.3f}, Flower FedAvg {flower.accuracy[-1]:.3f} (difference "
+        f"{figures['difference']:+.3f}, at most {max(differences):.3f} in any round); "
+        f"{fedvc.seconds:.0f} s against {flower.seconds:.0f} s"
+    )
+    return figures
+
+
+def flower(args: argparse.Namespace) -> dict[str, Any]:
+    missing = [name for name in ("flwr", "ray") if importlib.util.find_spec(name) is None]
+    if missing:
+        print(f'flower: skipped, {" and ".join(missing)} missing: pip install "flwr[simulation]"')
+        return {"skipped": f"{', '.join(missing)} not installed"}
+    quiet_flower()
+    actors = sorted({int(a) for a in args.flower_actors.split(",") if a.strip()})
+    figures = flower_speed(args, actors)
+    if args.flower_skew_rounds != 0:
+        figures["dirichlet_0.1"] = flower_accuracy(args, figures["flower_best_actors"])
+    return figures
+
+
 SECTIONS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "overhead": overhead,
     "scale": scale,
     "fleet": fleet,
     "skew": skew,
+    "flower": flower,
 }
 """Every section of the benchmark, in the order they run; ``--only`` picks some."""
+
+DEFAULT_SECTIONS = ("overhead", "scale", "fleet", "skew")
+"""What runs without ``--only``, ``--flower`` or ``--full``: all but the comparison with
+Flower, which needs Flower's simulation extra (Ray) and runs only when asked for."""
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--full", action="store_true", help="the target sizes (minutes)")
-    parser.add_argument("--only", default=",".join(SECTIONS), help="sections, comma-separated")
+    parser.add_argument(
+        "--only", help=f"sections, comma-separated (default: {', '.join(DEFAULT_SECTIONS)})"
+    )
+    parser.add_argument(
+        "--flower", action="store_true", help="just the comparison with Flower (flwr[simulation])"
+    )
     parser.add_argument("--workers", type=int, default=2, help="training processes")
     parser.add_argument("--epochs", type=int, default=2, help="local epochs (digits sections)")
     parser.add_argument("--overhead-clients", type=int, default=20)
@@ -258,6 +623,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--fleet-rounds", type=int, default=2)
     parser.add_argument("--fleet-fraction", type=float, default=0.05)
     parser.add_argument("--skew-rounds", type=int, default=5)
+    parser.add_argument("--flower-actors", default="1,2", help="Ray actor counts to try")
+    parser.add_argument(
+        "--flower-skew-rounds", type=int, help="Dirichlet 0.1 rounds (default: the file's; 0: skip)"
+    )
     parser.add_argument("--json", metavar="FILE", help="also write the figures here")
     parser.add_argument("--fleet-child", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -269,7 +638,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
         clients, rounds, fraction, workers = json.loads(args.fleet_child)
         fleet_in_this_process(clients, rounds, fraction, workers)
         return {}
-    chosen = [name.strip() for name in args.only.split(",") if name.strip()]
+    if args.only is not None:
+        chosen = [name.strip() for name in args.only.split(",") if name.strip()]
+    elif args.flower:
+        chosen = ["flower"]
+    else:
+        chosen = list(SECTIONS) if args.full else list(DEFAULT_SECTIONS)
     unknown = sorted(set(chosen) - set(SECTIONS))
     if unknown:
         raise SystemExit(f"unknown section(s) {unknown}; choose from {', '.join(SECTIONS)}")

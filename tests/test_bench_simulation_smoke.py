@@ -2,6 +2,7 @@
 
 The real benchmark takes minutes; this only guards against the script rotting (an API it
 calls changing under it), with a handful of clients, one or two rounds and one process.
+The ``flower`` section is checked through its one Flower run, the part that calls Flower.
 """
 
 from __future__ import annotations
@@ -48,12 +49,37 @@ def test_every_section_runs_tiny(
             f"--json={out}",
         ]
     )
-    assert list(figures) == list(bench.SECTIONS) and out.is_file()
+    assert list(figures) == list(bench.DEFAULT_SECTIONS) and out.is_file()
     assert figures["overhead"]["client_rounds"] == 4
     assert figures["overhead"]["overhead_ms_per_client_round"] > 0
     assert figures["scale"]["client_rounds"] == 6
     assert figures["fleet"]["client_rounds"] == 4 and figures["fleet"]["peak_rss_mib"] > 0
     assert set(figures["skew"]["final_accuracy"]) == {"FedAvg", "FedProx", "Fisher", "Matched"}
     printed = capsys.readouterr().out
-    for name in bench.SECTIONS:
+    for name in bench.DEFAULT_SECTIONS:
         assert f"{name}:" in printed
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("flwr") is None or importlib.util.find_spec("ray") is None,
+    reason='the Flower comparison needs Flower\'s simulation extra: pip install "flwr[simulation]"',
+)
+def test_flower_trains_the_same_clients_as_fedvc_tiny(
+    bench: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ``flower`` section's engine, once (Ray's start is most of its ~20 s): the fedvc
+    strategy in Flower's simulation engine, 3 clients x 2 rounds, lands on fedvc's models."""
+    from fedvc.repo import Repository
+    from fedvc.simulation.runner import server_key
+
+    monkeypatch.setenv("FLWR_TELEMETRY_ENABLED", "0")
+    monkeypatch.setenv("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    config = bench.digits_config(3, 2, 1, epochs=1)
+    fedvc = bench.run_experiment(config, Repository.memory())
+    repo = Repository.init(tmp_path / "repo", bare=True)
+    run = bench.run_flower(config, 1, 1, repo)
+    assert bench.signed_rounds(repo, "main", [server_key(config.seed).public_key]) == 2
+    assert bench.total(run.rounds, "clients") == 6 and bench.total(run.rounds, "train") > 0
+    expected = [r.accuracy for r in fedvc.runs[0].rounds]
+    assert run.accuracy == pytest.approx(expected, abs=1e-6)  # same clients, seeds, model
+    assert bench.max_difference(run.final, repo.read_params("main")) == 0

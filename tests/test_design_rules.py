@@ -25,7 +25,7 @@ ALLOWED = {
     "torch": ["fedvc/torch_io.py", "client/fedvc_client"],
     "scipy": ["fedvc/align"],
     "cryptography": ["fedvc/signing.py"],
-    "flwr": ["fedvc/compat/flower.py"],
+    "flwr": ["fedvc/compat/flower.py", "fedvc/compat/flower_client.py"],
     "google.protobuf": ["fedvc/wire.py", "fedvc/proto"],
     "grpc": ["server/fedvc_server", "client/fedvc_client", "fedvc/proto"],
     "prometheus_client": ["server/fedvc_server"],

@@ -16,7 +16,9 @@ Written for Flower's Message API (``flwr.serverapp.strategy``: a ``ServerApp`` w
 which is what a Flower 1.41 user writes; the older ``Parameters``/``FitRes`` strategies
 (``flwr.server.strategy``) are not bridged.
 
-This is the only module that imports ``flwr`` (see DESIGN.md).
+The client side, any fedvc ``Task`` as a Flower ``ClientApp``, is
+``fedvc.compat.flower_client.task_client_app``. These two modules are the only ones that
+import ``flwr`` (see DESIGN.md).
 """
 
 from __future__ import annotations

@@ -46,6 +46,7 @@ from fedvc.simulation.workers import (
     start_pool,
     train_clients,
     train_in_worker,
+    training_seed,
 )
 from fedvc.simulation.workload import Workload, WorkloadSpec
 from fedvc.tensors import ParamMap
@@ -87,11 +88,6 @@ def client_key(seed: int, client: int) -> SigningKey:
 def server_key(seed: int) -> SigningKey:
     """The coordinator's signing key, derived from the experiment's seed."""
     return SigningKey.from_seed(_seed_bytes(seed, "server"))
-
-
-def training_seed(seed: int, round_number: int, client: int) -> int:
-    """The seed of one client's training in one round: independent streams per pair."""
-    return int(np.random.SeedSequence([seed, round_number, client]).generate_state(1)[0])
 
 
 class _Trained:

@@ -6,11 +6,16 @@ started torch's or BLAS's threads can deadlock) and build the workload once, fro
 base; what comes back is each client's ``TrainResult`` and the seconds spent in the
 workload's own code, which the benchmarks subtract to find the framework's overhead.
 Nothing here touches a repository: commits and signatures stay in the main process.
+
+``FleetTasks`` hands the same clients, with the same seeds, to another framework's
+workers (Flower's Ray actors, through ``fedvc.compat.flower_client.task_client_app``), so
+that a comparison trains exactly what a ``Simulation`` trains.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import multiprocessing
 import time
 from collections.abc import Mapping
@@ -19,8 +24,14 @@ from typing import Any
 
 import numpy as np
 
-from fedvc.participant import TrainResult
+from fedvc.participant import Task, TrainResult
 from fedvc.simulation.workload import Workload, WorkloadSpec
+from fedvc.tensors import ParamMap
+
+
+def training_seed(seed: int, round_number: int, client: int) -> int:
+    """The seed of one client's training in one round: independent streams per pair."""
+    return int(np.random.SeedSequence([seed, round_number, client]).generate_state(1)[0])
 
 
 @dataclass(frozen=True)
@@ -77,3 +88,52 @@ def start_pool(spec: WorkloadSpec, workers: int) -> concurrent.futures.ProcessPo
         initializer=_start_worker,
         initargs=(spec,),
     )
+
+
+_built: dict[str, Workload] = {}
+
+
+def built_workload(spec: WorkloadSpec) -> Workload:
+    """The workload ``spec`` names, built once per process (a data set is loaded once)."""
+    key = json.dumps(spec.to_json(), sort_keys=True)
+    if key not in _built:
+        _built[key] = spec.build()
+    return _built[key]
+
+
+class _SeededTask:
+    """A client's task, trained with the seed ``Simulation`` gives it in that round."""
+
+    def __init__(self, task: Task, seed: int, client: int) -> None:
+        self.task, self.seed, self.client = task, seed, client
+
+    def train(self, params: ParamMap, config: Mapping[str, Any]) -> TrainResult:
+        if "round" not in config:
+            raise ValueError(
+                f"client {self.client}'s training seed depends on the round, but the config "
+                f"{dict(config)} has no 'round'"
+            )
+        seed = training_seed(self.seed, int(config["round"]), self.client)
+        return self.task.train(params, {**config, "seed": seed})
+
+
+@dataclass(frozen=True)
+class FleetTasks:
+    """A simulated fleet as ``client number -> Task``, cheap to pickle, usable anywhere.
+
+    Client ``k`` trains on ``parts[k]`` of the workload ``spec`` builds, seeded by
+    ``(seed, round, k)`` exactly as in a ``Simulation`` with the same seed: given the same
+    base weights, it returns bit for bit the update the simulation's client would. Only
+    names and indices are held, so another engine can ship it to its workers with every
+    message; each process builds the workload once (``built_workload``).
+    """
+
+    spec: WorkloadSpec
+    parts: tuple[np.ndarray, ...]
+    seed: int
+
+    def __call__(self, client: int) -> Task:
+        if not 0 <= client < len(self.parts):
+            raise ValueError(f"client {client} is not in this fleet of {len(self.parts)}")
+        task = built_workload(self.spec).client_task(self.parts[client])
+        return _SeededTask(task, self.seed, client)

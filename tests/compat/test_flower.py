@@ -2,16 +2,17 @@
 
 The first tests drive ``FedvcStrategy`` the way ``Strategy.start`` does (configure_train,
 then aggregate_train on the replies) with real Flower messages, so every check runs in a
-second without Flower's runtime. The last two run a plain Flower ``ClientApp`` (numpy
-softmax regression on scikit-learn's digits, knowing nothing of fedvc) against a
-``ServerApp`` in ``flwr.simulation.run_simulation``; they need Flower's simulation extra
+second without Flower's runtime. The last two run numpy softmax regression on
+scikit-learn's digits against a ``ServerApp`` in ``flwr.simulation.run_simulation``, once
+as a plain Flower ``ClientApp`` knowing nothing of fedvc and once as a fedvc ``Task``
+behind ``task_client_app``; they need Flower's simulation extra
 (``pip install "flwr[simulation]"``, which brings Ray) and are skipped without it.
 """
 
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -37,13 +38,16 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedvc.compat.flower import FedvcStrategy, arrays_to_params, params_to_arrays
+from fedvc.compat.flower_client import task_client_app
 from fedvc.merge import Update, fedavg, fedavgm, fisher, median, trimmed_mean
 from fedvc.merge.base import MergeError, MergeStrategy
 from fedvc.objects import Commit, ObjectId
+from fedvc.participant import TrainResult
 from fedvc.replay import replay_history, snapshot_id
 from fedvc.repo import Repository
 from fedvc.round import ROUND_KEY, RoundError
 from fedvc.signing import SigningKey
+from fedvc.tensors import ParamMap
 from fedvc.trust import TrustStore
 from fedvc.verify import verify
 
@@ -419,6 +423,21 @@ def softmax_loss(
     return loss, probs
 
 
+def fit_softmax(
+    weight: np.ndarray, bias: np.ndarray, x: np.ndarray, y: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Twenty full-batch gradient steps of softmax regression from ``(weight, bias)``."""
+    weight, bias = weight.copy(), bias.copy()
+    onehot = np.eye(DIGITS_CLASSES, dtype=np.float32)[y]
+    for _ in range(20):
+        _, probs = softmax_loss(weight, bias, x, y)
+        grad = (probs - onehot) / len(y)
+        weight -= 0.5 * (grad.T @ x)
+        bias -= 0.5 * grad.sum(axis=0)
+    loss, _ = softmax_loss(weight, bias, x, y)
+    return weight, bias, loss
+
+
 digits_client = ClientApp()
 
 
@@ -429,16 +448,7 @@ def train_digits(msg: Message, context: Context) -> Message:
     partitions = int(context.node_config["num-partitions"])
     x, y = digits_share(partition, partitions)
     arrays = msg.content["arrays"]
-    weight, bias = arrays["fc.weight"].numpy().copy(), arrays["fc.bias"].numpy().copy()
-    onehot = np.eye(DIGITS_CLASSES, dtype=np.float32)[y]
-    for _ in range(20):
-        _, probs = softmax_loss(weight, bias, x, y)
-        grad = (probs - onehot) / len(y)
-        weight -= 0.5 * (grad.T @ x)
-        bias -= 0.5 * grad.sum(axis=0)
-    loss, _ = softmax_loss(weight, bias, x, y)
-    if msg.content["config"].get("poison-last", False) and partition == partitions - 1:
-        weight[0, 0] = np.nan  # a broken client
+    weight, bias, loss = fit_softmax(arrays["fc.weight"].numpy(), arrays["fc.bias"].numpy(), x, y)
     reply = RecordDict(
         {
             "arrays": ArrayRecord({"fc.weight": Array(weight), "fc.bias": Array(bias)}),
@@ -448,10 +458,33 @@ def train_digits(msg: Message, context: Context) -> Message:
     return Message(reply, reply_to=msg)
 
 
+class DigitsTask:
+    """The same training as a fedvc ``Task``, run on Flower through ``task_client_app``.
+
+    With ``poison-last`` in the round's config the last of the 4 clients is broken and
+    sends a NaN.
+    """
+
+    def __init__(self, partition: int) -> None:
+        self.partition = partition
+
+    def train(self, params: ParamMap, config: Mapping[str, Any]) -> TrainResult:
+        x, y = digits_share(self.partition, 4)
+        weight, bias, loss = fit_softmax(params["fc.weight"], params["fc.bias"], x, y)
+        if config.get("poison-last", False) and self.partition == 3:
+            weight[0, 0] = np.nan
+        return TrainResult({"fc.weight": weight, "fc.bias": bias}, len(y), {"train-loss": loss})
+
+
 def simulate(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, strategy: str, rounds: int, poison: bool
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    strategy: str,
+    rounds: int,
+    poison: bool,
+    client_app: ClientApp = digits_client,
 ) -> tuple[Repository, dict[str, np.ndarray]]:
-    """Run the digits ClientApp on 4 simulated SuperNodes against a fedvc ServerApp."""
+    """Run a digits ClientApp on 4 simulated SuperNodes against a fedvc ServerApp."""
     from flwr.simulation import run_simulation
 
     monkeypatch.setenv("FLWR_TELEMETRY_ENABLED", "0")
@@ -483,7 +516,7 @@ def simulate(
 
     run_simulation(
         server_app=server,
-        client_app=digits_client,
+        client_app=client_app,
         num_supernodes=4,
         backend_config={
             "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
@@ -535,10 +568,12 @@ def test_fedavg_in_flowers_simulation_engine(
 
 @pytest.mark.slow
 @needs_ray
-def test_a_robust_strategy_rejects_a_broken_client_in_the_simulation(
+def test_a_robust_strategy_rejects_a_broken_fedvc_task_in_the_simulation(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    repo, final = simulate(tmp_path, monkeypatch, "median", rounds=2, poison=True)
+    """The clients here are fedvc Tasks, run unchanged as Flower ClientApps."""
+    app = task_client_app(DigitsTask)
+    repo, final = simulate(tmp_path, monkeypatch, "median", rounds=2, poison=True, client_app=app)
     history = merges(repo)
     assert len(history) == 2
     for oid, merge in history:

@@ -18,6 +18,7 @@ from fedvc.simulation.runner import (
     client_key,
     server_key,
 )
+from fedvc.simulation.workers import FleetTasks
 from fedvc.simulation.workload import WorkloadSpec
 from fedvc.trust import TrustStore
 from fedvc.verify import verify
@@ -147,3 +148,27 @@ def test_a_round_larger_than_the_fleet_is_refused() -> None:
         pytest.raises(RoundError, match="needs at least 5 clients but only 3 keys are trusted"),
     ):
         simulation.run("a", fedavg(), RoundConfig(min_clients=5, max_clients=5), rounds=1)
+
+
+def test_fleet_tasks_train_what_the_simulation_trains() -> None:
+    """``FleetTasks`` (how another engine runs the same fleet) gives each client's very update."""
+    pytest.importorskip("fedvc_client")
+    spec = WorkloadSpec("digits", {"hidden": [16]})
+    workload = spec.build()
+    parts = dirichlet(workload.labels(), 3, alpha=0.5, seed=0)
+    train = {"epochs": 1, "lr": 0.1}
+    repo = Repository.memory()
+    with Simulation(workload, parts, repo=repo, seed=7) as simulation:
+        run = simulation.run("fedavg", fedavg(), RoundConfig(train=train), rounds=1)
+    tasks = FleetTasks(spec, tuple(parts), 7)
+    clients = {client_key(7, k).public_key.hex(): k for k in range(3)}
+    merge = repo.get_commit(run.rounds[-1].commit)
+    for update in merge.parents[1:]:
+        commit = repo.get_commit(update)
+        trained = tasks(clients[commit.author]).train(
+            repo.read_params(merge.parents[0]), {**train, "round": 1}
+        )
+        for name, value in repo.read_params(update).items():
+            assert value.tobytes() == np.asarray(trained.params[name]).tobytes(), name
+    with pytest.raises(ValueError, match="no 'round'"):
+        tasks(0).train(repo.read_params(merge.parents[0]), train)
