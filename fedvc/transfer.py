@@ -134,7 +134,7 @@ class ObjectAssembler:
                 "and was not stored",
             )
         payload = data if buffer is None else memoryview(buffer)[: self._size]
-        return WireObject(oid, kind, payload)
+        return WireObject(oid, kind, payload, checked=True)
 
 
 def decode_objects(

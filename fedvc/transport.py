@@ -15,7 +15,7 @@ never travels twice and a corrupted one is never stored.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from fedvc.objects import ObjectId, ObjectKind, hash_object
@@ -67,16 +67,19 @@ class WireObject:
     oid: ObjectId
     kind: ObjectKind
     payload: bytes | memoryview
+    checked: bool = False  # True once the receiver has hashed the payload to ``oid``
 
     def check(self) -> None:
         """Raise ``CorruptObjectError`` unless the bytes hash to the claimed id."""
         self._compare(hash_object(self.kind, self.payload), stored=False)
 
     def store_in(self, objects: ObjectStore) -> None:
-        """Store the object and check its id with the hash the store computes anyway (one
+        """Store the object, checking its id with the hash the store computes anyway (one
         hash, not two; an object that does not match its id is only ever kept under its
-        true id, where nothing refers to it)."""
-        self._compare(objects.put(self.kind, self.payload), stored=True)
+        true id, where nothing refers to it). An object the receiver already hashed on
+        arrival (``checked``) is stored under its id without hashing it again."""
+        hashed = self.oid if self.checked else None
+        self._compare(objects.put(self.kind, self.payload, hashed=hashed), stored=True)
 
     def _compare(self, actual: ObjectId, *, stored: bool) -> None:
         if actual != self.oid:
@@ -139,7 +142,7 @@ class InProcessLink:
             copy = WireObject(obj.oid, obj.kind, bytes(obj.payload))
             self.bytes_received += len(copy.payload)
             copy.check()
-            yield copy
+            yield replace(copy, checked=True)
 
     def missing(self, ids: Sequence[ObjectId]) -> list[ObjectId]:
         return list(self._coordinator.missing(list(ids)))

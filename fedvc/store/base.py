@@ -116,8 +116,14 @@ class StoredObject:
 
 
 class ObjectStore(Protocol):
-    def put(self, kind: ObjectKind, payload: bytes | memoryview) -> ObjectId:
-        """Store an object (once) and return its id."""
+    def put(
+        self, kind: ObjectKind, payload: bytes | memoryview, *, hashed: ObjectId | None = None
+    ) -> ObjectId:
+        """Store an object (once) and return its id.
+
+        ``hashed`` is the id of bytes the caller has just hashed itself (a receiver that
+        checked every object on arrival), so they are not hashed a second time.
+        """
 
     def get(self, oid: ObjectId, *, verify: bool = True) -> StoredObject:
         """Read an object and verify its hash; raise ObjectNotFound/CorruptObject.

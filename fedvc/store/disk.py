@@ -114,9 +114,11 @@ class DiskObjectStore:
     def _path(self, oid: str) -> Path:
         return self._objects / oid[:2] / oid[2:]
 
-    def put(self, kind: ObjectKind, payload: bytes | memoryview) -> ObjectId:
+    def put(
+        self, kind: ObjectKind, payload: bytes | memoryview, *, hashed: ObjectId | None = None
+    ) -> ObjectId:
         commit = check_payload(kind, payload)
-        oid = hash_object(kind, payload)
+        oid = hash_object(kind, payload) if hashed is None else hashed
         path = self._path(oid)
         if not path.exists():
             self._write_atomic(path, object_header(kind, len(payload)), payload)

@@ -26,9 +26,11 @@ class MemoryObjectStore:
         self._commits: dict[ObjectId, Commit] = {}
         self._lock = threading.Lock()
 
-    def put(self, kind: ObjectKind, payload: bytes | memoryview) -> ObjectId:
+    def put(
+        self, kind: ObjectKind, payload: bytes | memoryview, *, hashed: ObjectId | None = None
+    ) -> ObjectId:
         commit = check_payload(kind, payload)
-        oid = hash_object(kind, payload)
+        oid = hash_object(kind, payload) if hashed is None else hashed
         with self._lock:
             if oid not in self._objects:
                 self._objects[oid] = b"".join((object_header(kind, len(payload)), payload))

@@ -141,6 +141,21 @@ def test_put_accepts_memoryview_and_bytearray(backend: Backend) -> None:
     assert bytes(backend.objects.get(BLOB_ID).payload) == BLOB
 
 
+def test_put_of_bytes_the_caller_hashed_stores_them_under_that_id(backend: Backend) -> None:
+    assert backend.objects.put("blob", BLOB, hashed=BLOB_ID) == BLOB_ID
+    stored = backend.objects.get(BLOB_ID)  # reading still verifies
+    assert (stored.kind, bytes(stored.payload)) == ("blob", BLOB)
+
+
+def test_unverified_reads_skip_the_hash_but_verified_ones_catch_damage(backend: Backend) -> None:
+    backend.objects.put("blob", BLOB)
+    wrong = hash_object("blob", b"something else")
+    backend.objects.put("blob", BLOB, hashed=wrong)  # a caller that lied about its hash
+    assert bytes(backend.objects.get(wrong, verify=False).payload) == BLOB
+    with pytest.raises(CorruptObjectError):
+        backend.objects.get(wrong)
+
+
 def test_put_is_idempotent(backend: Backend) -> None:
     first = backend.objects.put("commit", COMMIT)
     second = backend.objects.put("commit", COMMIT)
