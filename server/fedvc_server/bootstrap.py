@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from fedvc.coordinator import Coordinator, CoordinatorConfig, RoundObserver
+from fedvc.errors import FedvcError
 from fedvc.merge.base import MergeStrategy
 from fedvc.merge.registry import make
 from fedvc.repo import Repository, branch_ref
@@ -37,6 +38,23 @@ def open_repository(config: ServerConfig) -> Repository:
             "point it at an empty or new directory"
         )
     return Repository.init(path, bare=True)
+
+
+def start_main(repo: Repository, spec: str, signer: SigningKey) -> None:
+    """Give an empty repository its ``main``: a commit it already holds (a revision, say a
+    tag of a pretrained model), or the model ``spec`` names, committed and signed."""
+    if ":" not in spec and Path(spec).suffix not in MODEL_FILES:
+        try:
+            oid = repo.resolve(spec)
+        except FedvcError as exc:
+            raise ConfigError(
+                f"[model] initial {spec!r} is neither a model file, a package.module:function "
+                f"nor a revision in the repository ({exc})"
+            ) from None
+        repo.refs.set_ref(branch_ref("main"), oid, None)
+        return
+    params = as_param_map(initial_model(spec))
+    repo.commit_params(params, "initial model", branch="main", signer=signer)
 
 
 def initial_model(spec: str, base: Path | None = None) -> dict[str, object]:
@@ -73,11 +91,10 @@ def build_coordinator(
     if repo.refs.get_ref(branch_ref("main")) is None:
         if config.initial is None:
             raise ConfigError(
-                "the repository has no model yet: set [model] initial to a model file or a "
-                "package.module:function that builds one"
+                "the repository has no model yet: set [model] initial to a model file, a "
+                "package.module:function that builds one, or a commit in the repository"
             )
-        params = as_param_map(initial_model(config.initial))
-        repo.commit_params(params, "initial model", branch="main", signer=signer)
+        start_main(repo, config.initial, signer)
     round_config = RoundConfig(
         min_clients=config.min_clients,
         max_clients=config.max_clients,

@@ -12,7 +12,7 @@ key = "keys/server.key"           # signs every merge commit
 trusted_keys = "keys/clients"     # a directory of .pub files, or a list of key files
 metrics_port = 9100               # Prometheus /metrics; 0 turns it off
 [model]
-initial = "fedvc_client.reference:digits_initial"  # or a .safetensors/.npz file
+initial = "fedvc_client.reference:digits_initial"  # or a .safetensors/.npz file, or a commit
 [rounds]
 count = 10
 min_clients = 2

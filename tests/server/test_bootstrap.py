@@ -9,6 +9,7 @@ import pytest
 from fedvc_server.bootstrap import build_coordinator
 from fedvc_server.config import ConfigError, ServerConfig
 
+from fedvc.repo import Repository
 from fedvc.signing import KeyFileError, SigningKey
 from fedvc.tensor_files import save_params
 
@@ -59,12 +60,23 @@ def test_the_initial_model_can_come_from_code(tmp_path: Path) -> None:
     np.testing.assert_array_equal(coordinator.repo.read_params("main")["w"], MODEL["w"])
 
 
+def test_the_initial_model_can_be_a_commit_the_repository_holds(tmp_path: Path) -> None:
+    config = setup(tmp_path, initial="pretrained")
+    repo = Repository.init(config.repository, bare=True, branch="import")
+    oid = repo.commit_params(MODEL, "a pretrained model", branch="import")
+    repo.create_tag("pretrained", oid)
+    repo.close()
+    coordinator = build_coordinator(config)
+    assert coordinator.repo.resolve("main") == oid and len(coordinator.repo.log("main")) == 1
+
+
 @pytest.mark.parametrize(
     "changes, words",
     [
         ({"initial": None}, "set [model] initial"),
         ({"initial": "missing.safetensors"}, "does not exist"),
         ({"initial": "no_such_module:f"}, "cannot import module"),
+        ({"initial": "v9"}, "nor a revision in the repository"),
         ({"strategy": "clip_by_norm", "strategy_params": {"max_norm": 1.0}}, "does not merge"),
     ],
 )
