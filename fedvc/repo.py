@@ -101,17 +101,28 @@ class Repository:
         bare: bool = False,
         branch: str = DEFAULT_BRANCH,
         clock: Callable[[], float] = default_clock,
+        durable: bool = True,
     ) -> Repository:
-        """Create a repository in ``path/.fedvc`` (or in ``path`` itself when ``bare``)."""
+        """Create a repository in ``path/.fedvc`` (or in ``path`` itself when ``bare``).
+
+        ``durable=False`` skips the fsyncs that make writes survive a power cut (see
+        ``DiskObjectStore``): for scratch histories that can be recomputed.
+        """
         validate_ref_name(branch)
         store_dir = Path(path) if bare else Path(path) / REPO_DIR
         create_store_dir(store_dir)
-        repo = cls.open(store_dir, clock=clock)
+        repo = cls.open(store_dir, clock=clock, durable=durable)
         repo.refs.set_setting("head", branch)
         return repo
 
     @classmethod
-    def open(cls, path: str | Path, *, clock: Callable[[], float] = default_clock) -> Repository:
+    def open(
+        cls,
+        path: str | Path,
+        *,
+        clock: Callable[[], float] = default_clock,
+        durable: bool = True,
+    ) -> Repository:
         """Open the repository in ``path``: a store directory or a directory holding .fedvc."""
         path = Path(path)
         store_dir = path if is_store_dir(path) else path / REPO_DIR
@@ -119,7 +130,7 @@ class Repository:
             raise RepositoryNotFoundError(
                 f"no fedvc repository in {path}: create one with 'fedvc init {path}'"
             )
-        objects, refs = open_store_dir(store_dir)
+        objects, refs = open_store_dir(store_dir, durable=durable)
         return cls(objects, refs, path=store_dir, clock=clock)
 
     @classmethod

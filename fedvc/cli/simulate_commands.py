@@ -220,7 +220,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         print(f"clients (one per group): {', '.join(names)}")
     per_round = config.round.target(len(parts))
     bar = ProgressBar(len(config.strategies) * config.rounds * per_round)
-    repo = Repository.init(out / "repo", bare=True)
+    # a scratch history: the same file recomputes the same commits, so no fsync per object
+    repo = Repository.init(out / "repo", bare=True, durable=False)
     try:
         result = run_experiment(config, repo, workload=workload, parts=parts, observer=bar)
     finally:

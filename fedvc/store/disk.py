@@ -55,7 +55,7 @@ def is_store_dir(path: Path) -> bool:
 class Database:
     """One SQLite connection shared by a repository's object index and ref store."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, durable: bool = True) -> None:
         self.path = path
         self._lock = threading.Lock()
         try:
@@ -66,7 +66,9 @@ class Database:
             raise StoreError(f"cannot open the repository database {path}: {exc}") from exc
         try:
             self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=FULL")
+            # NORMAL under WAL never corrupts the database, but may lose the last
+            # transactions to a power cut; FULL syncs every one of them
+            self._conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
             self._conn.executescript(_SCHEMA)
         except sqlite3.Error as exc:
             self._conn.close()
@@ -105,8 +107,18 @@ def _fsync_dir(path: Path) -> None:
 
 
 class DiskObjectStore:
-    def __init__(self, root: Path, db: Database) -> None:
+    """Objects as files under ``objects/``, each written to ``tmp/`` and renamed into place.
+
+    ``durable`` (the default) also fsyncs every file and directory before the object is
+    visible, so objects survive a power cut. Without it a write is still atomic for every
+    other process (a crashed process leaves no partial object), which is enough for a
+    scratch history that can be recomputed, such as a simulation's, at a fraction of the
+    cost: a round of many small updates writes hundreds of files.
+    """
+
+    def __init__(self, root: Path, db: Database, *, durable: bool = True) -> None:
         self.root = root
+        self.durable = durable
         self._objects = root / "objects"
         self._tmp = root / "tmp"
         self._db = db
@@ -134,12 +146,15 @@ class DiskObjectStore:
                 file.write(header)
                 file.write(payload)
                 file.flush()
-                os.fsync(file.fileno())
+                if self.durable:
+                    os.fsync(file.fileno())
             if not path.parent.is_dir():
                 path.parent.mkdir(exist_ok=True)
-                _fsync_dir(self._objects)  # the new fan-out directory itself must survive a crash
+                if self.durable:  # the new fan-out directory itself must survive a crash
+                    _fsync_dir(self._objects)
             os.replace(tmp, path)  # a concurrent writer of the same id wrote the same bytes
-            _fsync_dir(path.parent)
+            if self.durable:
+                _fsync_dir(path.parent)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             raise StoreError(f"cannot write object {path.parent.name}{path.name}: {exc}") from exc
@@ -272,11 +287,11 @@ def create_store_dir(path: Path) -> None:
     _fsync_dir(path)
 
 
-def open_store_dir(path: Path) -> tuple[DiskObjectStore, SqliteRefStore]:
+def open_store_dir(path: Path, *, durable: bool = True) -> tuple[DiskObjectStore, SqliteRefStore]:
     """Open the object and ref stores of an existing store directory."""
     if not is_store_dir(path):
         raise StoreError(f"{path} is not a fedvc repository (no {DATABASE} and objects/)")
-    db = Database(path / DATABASE)
+    db = Database(path / DATABASE, durable=durable)
     refs = SqliteRefStore(db)
     try:
         version = refs.get_setting("format")
@@ -289,4 +304,4 @@ def open_store_dir(path: Path) -> tuple[DiskObjectStore, SqliteRefStore]:
             f"{path} uses repository format {version!r}, this fedvc reads format "
             f"{FORMAT_VERSION!r}; upgrade fedvc"
         )
-    return DiskObjectStore(path, db), refs
+    return DiskObjectStore(path, db, durable=durable), refs

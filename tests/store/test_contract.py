@@ -66,9 +66,9 @@ def memory_backend() -> Backend:
     return Backend("memory", objects, refs, corrupt)
 
 
-def disk_backend(path: Path) -> Backend:
+def disk_backend(path: Path, *, durable: bool = True) -> Backend:
     create_store_dir(path)
-    objects, refs = open_store_dir(path)
+    objects, refs = open_store_dir(path, durable=durable)
 
     def corrupt(oid: ObjectId, data: bytes) -> None:
         object_path(path, oid).write_bytes(data)
@@ -80,9 +80,12 @@ def object_path(store_dir: Path, oid: str) -> Path:
     return store_dir / "objects" / oid[:2] / oid[2:]
 
 
-@pytest.fixture(params=["memory", "disk"])
+@pytest.fixture(params=["memory", "disk", "disk without fsync"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    yield memory_backend() if request.param == "memory" else disk_backend(tmp_path / "store")
+    if request.param == "memory":
+        yield memory_backend()
+    else:
+        yield disk_backend(tmp_path / "store", durable=request.param == "disk")
 
 
 @pytest.fixture
@@ -586,3 +589,16 @@ def test_identical_tensors_under_different_names_share_a_blob(tmp_path: Path) ->
     read = repo.read_params(oid)
     np.testing.assert_array_equal(read["encoder.weight"], weight)
     np.testing.assert_array_equal(read["decoder.weight"], weight)
+
+
+@pytest.mark.parametrize("durable, synced", [(True, True), (False, False)])
+def test_a_durable_store_fsyncs_each_object_and_a_scratch_one_does_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, durable: bool, synced: bool
+) -> None:
+    backend = disk_backend(tmp_path / "store", durable=durable)
+    calls: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: calls.append(fd) or real_fsync(fd))
+    backend.objects.put("blob", BLOB)
+    assert bool(calls) == synced
+    assert bytes(backend.objects.get(BLOB_ID).payload) == BLOB  # written whole either way
