@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from fedvc.participant import Task
+from fedvc.participant import Task, TaskError
 from fedvc.simulation.partition import dirichlet
 from fedvc.tensors import ParamMap
 from fedvc_client.workloads import digits
@@ -27,7 +27,7 @@ def digits_task(
 ) -> Task:
     """Client ``client``'s Dirichlet(``alpha``) share of the digits training set, of ``clients``."""
     if not 0 <= client < clients:
-        raise ValueError(
+        raise TaskError(
             f"client must be an index from 0 to clients - 1 = {clients - 1}, got {client}"
         )
     workload = digits(hidden=hidden)

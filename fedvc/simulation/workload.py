@@ -113,7 +113,7 @@ class WorkloadSpec:
             ) from None
         try:
             workload = factory(**dict(self.params))
-        except TypeError as exc:
+        except (TypeError, ValueError) as exc:
             raise WorkloadError(
                 f"workload {self.factory!r}: bad parameters {dict(self.params)}: {exc}"
             ) from exc

@@ -16,7 +16,7 @@ from fedvc_client.workloads import (
     windows,
 )
 
-from fedvc.participant import TrainResult
+from fedvc.participant import TaskError, TrainResult
 from fedvc.simulation.workload import Workload, WorkloadSpec, check_workload
 
 
@@ -89,7 +89,7 @@ def test_the_reference_task_and_aliases() -> None:
     task = digits_task(client=1, clients=3, alpha=0.5, seed=0, hidden=(8,))
     result = task.train(digits_initial(0, hidden=(8,)), {"epochs": 1})
     assert 0 < result.examples < 1347
-    with pytest.raises(ValueError, match="client must be an index"):
+    with pytest.raises(TaskError, match="client must be an index"):
         digits_task(client=3, clients=3)
     assert set(WorkloadSpec("stdlib-chars").target.split(":")) == {
         "fedvc_client.workloads",
