@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from fedvc.admission import admit
 from fedvc.merge.base import MergeStrategy, StrategySpec
 from fedvc.objects import Commit, ObjectId, Snapshot
 from fedvc.repo import Repository, RevisionError, branch_ref
@@ -32,7 +33,6 @@ from fedvc.round import (
     RoundError,
     RoundState,
     UpdateRejected,
-    admit,
     assign,
     extend,
     merge_round,

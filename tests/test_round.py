@@ -1,4 +1,5 @@
-"""fedvc.round: the pure rules of one round, checked without a coordinator or clock."""
+"""fedvc.round and fedvc.admission: the pure rules of one round and its door, checked
+without a coordinator or clock."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from fedvc.admission import admit
 from fedvc.merge.registry import make
 from fedvc.objects import ObjectId
 from fedvc.repo import Repository
@@ -21,7 +23,6 @@ from fedvc.round import (
     RoundError,
     RoundState,
     UpdateRejected,
-    admit,
     assign,
     extend,
     merge_round,

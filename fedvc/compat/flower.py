@@ -36,6 +36,7 @@ from flwr.common import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
+from fedvc.admission import check_structure, check_values, params_layout
 from fedvc.coordinator import completed_rounds, uses_fisher
 from fedvc.merge.base import MergeError, MergeStrategy, State
 from fedvc.merge.registry import make
@@ -51,11 +52,8 @@ from fedvc.round import (
     RoundError,
     RoundState,
     UpdateRejected,
-    check_structure,
-    check_values,
     merge_round,
     open_round,
-    params_layout,
     reject,
 )
 from fedvc.round_store import admitted_update, record_merge, starting_state

@@ -1,0 +1,196 @@
+"""The door of a round: every check an update commit passes before it counts.
+
+``admit`` runs the checks cheapest first (signer, replay, round, base, place in the
+round, metadata, tensor layout, values, distance from the base) and returns the state
+that counts the update, or raises ``UpdateRejected`` naming the first check that failed.
+Behind the door merging is total: a strategy never sees a NaN, a missing tensor or an
+unsigned update. The layout and value checks are public so the Flower strategy, whose
+updates arrive as arrays rather than commits, applies the very same rules.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+
+from fedvc.objects import Commit, ObjectId, Snapshot
+from fedvc.round import ROUND_KEY, Admitted, RoundState, UpdateRejected
+from fedvc.signing import PublicKey, commit_signature_valid
+from fedvc.tensors import ParamMap, dtype_name
+from fedvc.trust import TrustStore
+
+
+def admit(
+    state: RoundState,
+    commit_id: ObjectId,
+    commit: Commit,
+    *,
+    trust: TrustStore,
+    seen: Callable[[ObjectId], bool],
+    base_snapshot: Snapshot,
+    update_snapshot: Snapshot,
+    read: Callable[[Snapshot], ParamMap],
+    fisher_snapshot: Snapshot | None,
+    require_fisher: bool = False,
+    max_norm: float | None = None,
+) -> tuple[RoundState, Admitted]:
+    """Check one update commit at the door; return the state that counts it.
+
+    Raises ``UpdateRejected`` naming the first check that failed. The checks run cheapest
+    first, and no tensor is read before the commit's identity, round and base are right.
+    ``seen(commit_id)`` says whether the commit was admitted before (replay protection
+    across rounds); ``read`` loads a snapshot's tensors (memory-mapped from the store).
+    """
+    key = _signer(commit, trust)
+    if seen(commit_id) or any(a.commit == commit_id for a in state.admitted):
+        raise UpdateRejected("replay", f"commit {commit_id} was already admitted")
+    meta = commit.metadata
+    round_number = meta.get(ROUND_KEY)
+    if round_number != state.number:
+        raise UpdateRejected(
+            "wrong_round",
+            f"commit {commit_id} was trained for round {round_number!r}; "
+            f"the open round is {state.number}",
+        )
+    if commit.parents != (state.base,):
+        raise UpdateRejected(
+            "wrong_base",
+            f"commit {commit_id} has parents {list(commit.parents)}; an update must have "
+            f"exactly one parent, this round's base {state.base}",
+        )
+    if key.key_id in state.admitted_keys:
+        raise UpdateRejected(
+            "duplicate",
+            f"client {key.key_id} already has an update in round {state.number}",
+        )
+    if key.key_id not in state.assigned:
+        raise UpdateRejected(
+            "not_assigned",
+            f"client {key.key_id} has no place in round {state.number}; ask for work first",
+        )
+    examples, metrics, fisher_id = _update_metadata(commit_id, meta)
+    if require_fisher and fisher_snapshot is None:
+        raise UpdateRejected(
+            "bad_metadata",
+            f"this round merges with Fisher information; commit {commit_id} carries none "
+            "(metadata 'fisher' must name the snapshot of its diagonal Fisher)",
+        )
+    base_layout = snapshot_layout(base_snapshot)
+    check_structure("model", base_layout, snapshot_layout(update_snapshot))
+    params = read(update_snapshot)
+    check_values("model", params)
+    if fisher_snapshot is not None:
+        check_structure("Fisher", base_layout, snapshot_layout(fisher_snapshot))
+        check_values("Fisher", read(fisher_snapshot), fisher=True)
+    if max_norm is not None:
+        distance = _distance(read(base_snapshot), params)
+        if not distance <= max_norm:
+            raise UpdateRejected(
+                "norm",
+                f"the update moves the model by L2 {distance:.6g}, above the bound {max_norm:g}",
+            )
+    admitted = Admitted(commit_id, key.key_id, examples, metrics, fisher_id)
+    return replace(state, admitted=(*state.admitted, admitted)), admitted
+
+
+def _signer(commit: Commit, trust: TrustStore) -> PublicKey:
+    if commit.author is None or commit.signature is None:
+        raise UpdateRejected("bad_signature", "the update commit is not signed")
+    key = PublicKey.from_hex(commit.author)
+    if not trust.trusts(key):
+        raise UpdateRejected(
+            "unknown_key",
+            f"key {key.key_id} is not among the coordinator's trusted client keys",
+        )
+    if not commit_signature_valid(commit):
+        raise UpdateRejected(
+            "bad_signature", f"the signature does not match the commit for key {key.key_id}"
+        )
+    return key
+
+
+def _update_metadata(
+    commit_id: ObjectId, meta: Mapping[str, Any]
+) -> tuple[int, dict[str, float], ObjectId | None]:
+    examples = meta.get("examples")
+    if not isinstance(examples, int) or isinstance(examples, bool) or examples < 1:
+        raise UpdateRejected(
+            "bad_metadata",
+            f"commit {commit_id}: metadata 'examples' must be a positive integer "
+            f"(the number of training examples), got {examples!r}",
+        )
+    metrics = meta.get("metrics", {})
+    if not isinstance(metrics, Mapping) or not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        for v in metrics.values()
+    ):
+        raise UpdateRejected(
+            "bad_metadata",
+            f"commit {commit_id}: metadata 'metrics' must map names to finite numbers, "
+            f"got {metrics!r}",
+        )
+    fisher = meta.get("fisher")
+    if fisher is not None and not isinstance(fisher, str):
+        raise UpdateRejected(
+            "bad_metadata", f"commit {commit_id}: metadata 'fisher' must be a snapshot id"
+        )
+    return examples, {k: float(v) for k, v in metrics.items()}, ObjectId(fisher) if fisher else None
+
+
+Layout = Mapping[str, tuple[str, tuple[int, ...]]]
+"""Tensor name → (dtype name, shape): what two models must share to be merged."""
+
+
+def snapshot_layout(snapshot: Snapshot) -> dict[str, tuple[str, tuple[int, ...]]]:
+    return {name: (e.dtype, e.shape) for name, e in snapshot.tensors.items()}
+
+
+def params_layout(params: ParamMap) -> dict[str, tuple[str, tuple[int, ...]]]:
+    return {name: (dtype_name(a.dtype), tuple(a.shape)) for name, a in params.items()}
+
+
+def check_structure(what: str, base: Layout, other: Layout) -> None:
+    """Raise ``UpdateRejected("structure")`` unless ``other`` has the base's tensors exactly."""
+    missing = sorted(set(base) - set(other))
+    extra = sorted(set(other) - set(base))
+    if missing or extra:
+        raise UpdateRejected(
+            "structure",
+            f"the {what}'s tensor names differ from the base: missing {missing[:5]}, "
+            f"unexpected {extra[:5]}",
+        )
+    for name, (dtype, shape) in base.items():
+        got_dtype, got_shape = other[name]
+        if (got_dtype, got_shape) != (dtype, shape):
+            raise UpdateRejected(
+                "structure",
+                f"{what} tensor {name!r}: expected {dtype}{list(shape)} like the base, got "
+                f"{got_dtype}{list(got_shape)}",
+            )
+
+
+def check_values(what: str, params: ParamMap, *, fisher: bool = False) -> None:
+    """Raise ``UpdateRejected`` for NaN or Inf, or (a Fisher) negative entries."""
+    for name in sorted(params):
+        array = params[name]
+        if array.dtype.kind in "fc" and not np.isfinite(array).all():
+            raise UpdateRejected("not_finite", f"{what} tensor {name!r} holds NaN or Inf")
+        if fisher and array.size and array.min() < 0:
+            raise UpdateRejected(
+                "bad_metadata",
+                f"{what} tensor {name!r} has negative entries; a diagonal Fisher is a mean of "
+                "squares, never negative",
+            )
+
+
+def _distance(base: ParamMap, params: ParamMap) -> float:
+    total = 0.0
+    for name in sorted(base):
+        if base[name].dtype.kind in "fc":
+            diff = params[name].astype(np.float64) - base[name]
+            total += float(np.vdot(diff, diff).real)
+    return math.sqrt(total)
