@@ -450,11 +450,12 @@ def warm_up(config: SimulationConfig) -> float:
 
 
 def fedvc_verified(config: SimulationConfig) -> tuple[ExperimentResult, int, dict[str, np.ndarray]]:
-    """``config`` run on disk; its signed merges, every signature checked; its final model."""
+    """``config`` run on disk as ``fedvc simulate`` runs it (a scratch history: no fsync per
+    object); its signed merges, every signature checked; its final model."""
     keys = [server_key(config.seed).public_key]
     keys += [client_key(config.seed, k).public_key for k in range(config.clients or 0)]
     with tempfile.TemporaryDirectory() as scratch:
-        repo = Repository.init(Path(scratch) / "repo", bare=True)
+        repo = Repository.init(Path(scratch) / "repo", bare=True, durable=False)
         try:
             result = run_experiment(config, repo)
             return result, signed_rounds(repo, "fedavg", keys), repo.read_params("fedavg")
