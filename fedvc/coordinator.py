@@ -94,6 +94,28 @@ class SilentObserver:
         pass
 
 
+class RoundLog(SilentObserver):
+    """An observer that keeps everything it hears, for simulations, tests and notebooks."""
+
+    def __init__(self) -> None:
+        self.seen: set[str] = set()
+        self.admitted_updates: list[Admitted] = []
+        self.rejections: list[str] = []
+        self.reports: list[RoundReport] = []
+
+    def client_seen(self, key_id: str) -> None:
+        self.seen.add(key_id)
+
+    def admitted(self, update: Admitted) -> None:
+        self.admitted_updates.append(update)
+
+    def rejected(self, reason: str) -> None:
+        self.rejections.append(reason)
+
+    def round_closed(self, report: RoundReport) -> None:
+        self.reports.append(report)
+
+
 @dataclass(frozen=True)
 class CoordinatorConfig:
     """A run: ``rounds`` rounds on ``branch``, each sized and bounded by ``round``."""

@@ -9,12 +9,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from fedvc.coordinator import Coordinator, CoordinatorConfig, RoundReport, uses_fisher
+from fedvc.coordinator import Coordinator, CoordinatorConfig, RoundLog, uses_fisher
 from fedvc.merge.registry import make
 from fedvc.objects import ObjectId
 from fedvc.participant import Participant, TaskError, TrainResult
 from fedvc.repo import Repository
-from fedvc.round import ROUND_KEY, Admitted, RoundConfig, RoundError, UpdateRejected
+from fedvc.round import ROUND_KEY, RoundConfig, RoundError, UpdateRejected
 from fedvc.signing import SigningKey
 from fedvc.store.base import CorruptObjectError
 from fedvc.tensors import ParamMap
@@ -67,35 +67,13 @@ def make_repo(path: Path | None = None, clock: Clock | None = None) -> Repositor
     return repo
 
 
-class Events:
-    """A RoundObserver that records what it hears."""
-
-    def __init__(self) -> None:
-        self.admitted_updates: list[Admitted] = []
-        self.rejections: list[str] = []
-        self.reports: list[RoundReport] = []
-        self.seen: set[str] = set()
-
-    def client_seen(self, key_id: str) -> None:
-        self.seen.add(key_id)
-
-    def admitted(self, update: Admitted) -> None:
-        self.admitted_updates.append(update)
-
-    def rejected(self, reason: str) -> None:
-        self.rejections.append(reason)
-
-    def round_closed(self, report: RoundReport) -> None:
-        self.reports.append(report)
-
-
 def coordinator(
     repo: Repository,
     *,
     rounds: int = 2,
     strategy: str = "fedavg",
     clock: Clock | None = None,
-    events: Events | None = None,
+    events: RoundLog | None = None,
     **round_config: Any,
 ) -> Coordinator:
     round_config.setdefault("min_clients", 3)
@@ -126,7 +104,7 @@ def run_round(people: list[Participant]) -> None:
 
 def test_rounds_end_as_signed_octopus_merges_that_verify(tmp_path: Path) -> None:
     repo = make_repo(tmp_path)
-    events = Events()
+    events = RoundLog()
     coord = coordinator(repo, events=events)
     people = participants(coord)
     run_round(people)
@@ -214,7 +192,7 @@ def test_waits_and_stragglers() -> None:
 def test_deadline_closes_with_a_quorum_and_frees_dead_clients_places() -> None:
     clock = Clock()
     repo = make_repo(clock=clock)
-    events = Events()
+    events = RoundLog()
     coord = coordinator(
         repo, clock=clock, events=events, min_clients=2, max_clients=3, deadline_seconds=60
     )
@@ -236,7 +214,7 @@ def test_deadline_closes_with_a_quorum_and_frees_dead_clients_places() -> None:
 
 def test_rejections_are_counted_recorded_and_do_not_disturb_the_round() -> None:
     repo = make_repo()
-    events = Events()
+    events = RoundLog()
     coord = coordinator(repo, rounds=1, events=events, max_norm=20.0)
     a, b, c = participants(coord)
     offer = coord.next_round(a.key_id)
@@ -259,7 +237,7 @@ def test_rejections_are_counted_recorded_and_do_not_disturb_the_round() -> None:
 
 
 def test_unknown_clients_get_no_work_and_are_not_counted_as_clients() -> None:
-    events = Events()
+    events = RoundLog()
     coord = coordinator(make_repo(), events=events)
     stranger = SigningKey.from_seed(bytes([99]) * 32)
     with pytest.raises(UpdateRejected, match="not among"):

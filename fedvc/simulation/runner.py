@@ -31,7 +31,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from fedvc.coordinator import Coordinator, CoordinatorConfig, RoundReport, SilentObserver
+from fedvc.coordinator import Coordinator, CoordinatorConfig, RoundLog
 from fedvc.errors import FedvcError
 from fedvc.merge.base import MergeStrategy
 from fedvc.objects import ObjectId
@@ -103,20 +103,6 @@ class _Trained:
                 f"{self.config}"
             )
         return self.result
-
-
-class _Reports(SilentObserver):
-    """The coordinator's observer: keeps each closed round's report and every rejection."""
-
-    def __init__(self) -> None:
-        self.closed: list[RoundReport] = []
-        self.rejections: list[str] = []
-
-    def rejected(self, reason: str) -> None:
-        self.rejections.append(reason)
-
-    def round_closed(self, report: RoundReport) -> None:
-        self.closed.append(report)
 
 
 @dataclass
@@ -275,7 +261,7 @@ class Simulation:
         name = branch or label
         self.repo.create_branch(name, self.initial)
         self.clock.now = SIMULATED_EPOCH
-        reports = _Reports()
+        reports = RoundLog()
         coordinator = Coordinator(
             self.repo,
             strategy,
@@ -292,7 +278,7 @@ class Simulation:
             self.clock.now = SIMULATED_EPOCH + state.number
             clients = self.select(state.number, state.target)
             train_seconds = self._round(label, coordinator, state.number, clients)
-            report = reports.closed[-1] if reports.closed else None
+            report = reports.reports[-1] if reports.reports else None
             if report is None or report.number != state.number:
                 raise SimulationError(
                     f"round {state.number} of {label} did not close after every selected "

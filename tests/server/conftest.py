@@ -18,11 +18,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from fedvc.coordinator import Coordinator, CoordinatorConfig, RoundReport
+from fedvc.coordinator import Coordinator, CoordinatorConfig, RoundLog
 from fedvc.merge.fedavg import fedavg
 from fedvc.participant import Participant, TrainResult
 from fedvc.repo import Repository
-from fedvc.round import Admitted, RoundConfig
+from fedvc.round import RoundConfig
 from fedvc.signing import SigningKey
 from fedvc.trust import TrustStore
 
@@ -45,35 +45,13 @@ class Shift:
         )
 
 
-class Recorder:
-    """A RoundObserver that remembers what it heard."""
-
-    def __init__(self) -> None:
-        self.updates: list[Admitted] = []
-        self.rejections: list[str] = []
-        self.reports: list[RoundReport] = []
-        self.seen: set[str] = set()
-
-    def client_seen(self, key_id: str) -> None:
-        self.seen.add(key_id)
-
-    def admitted(self, update: Admitted) -> None:
-        self.updates.append(update)
-
-    def rejected(self, reason: str) -> None:
-        self.rejections.append(reason)
-
-    def round_closed(self, report: RoundReport) -> None:
-        self.reports.append(report)
-
-
 @dataclass
 class Fleet:
     repo: Repository
     coordinator: Coordinator
     servicer: FleetServicer
     running: RunningServer
-    record: Recorder
+    record: RoundLog
     server_key: SigningKey
     keys: list[SigningKey]
     links: list[GrpcLink] = field(default_factory=list)
@@ -121,7 +99,7 @@ def make_fleet(tmp_path: Path) -> Iterator[FleetFactory]:
         server_key = SigningKey.from_seed(bytes([200]) * 32)
         repo.commit_params(PARAMS, "initial model", signer=server_key)
         keys = [SigningKey.from_seed(bytes([i + 1]) * 32) for i in range(clients)]
-        record = Recorder()
+        record = RoundLog()
         coordinator = Coordinator(
             repo,
             fedavg(),
