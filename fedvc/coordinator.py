@@ -170,6 +170,7 @@ class Coordinator:
         self._lock = threading.RLock()
         self._fisher = uses_fisher(strategy.spec)
         self._admitted_ever: set[ObjectId] = set()
+        self._closing = False
         tip = repo.refs.get_ref(branch_ref(config.branch))
         if tip is None:
             raise RoundError(
@@ -205,22 +206,33 @@ class Coordinator:
             return self._state
 
     def tick(self) -> RoundReport | None:
-        """Close the round if it is ready, or extend it past a deadline without quorum."""
+        """Close the round if it is ready, or extend it past a deadline without quorum.
+
+        The merge runs outside the lock: while one thread merges (seconds, for a large
+        model), the others keep answering clients, who hear that the round is closing.
+        """
         with self._lock:
             state = self._state
-            if state is None:
+            if state is None or self._closing:
                 return None
             now = self.clock()
-            if ready(state, self.config.round, now):
-                return self._close(state, now)
-            self._state = extend(state, self.config.round, now)
-            return None
+            if not ready(state, self.config.round, now):
+                self._state = extend(state, self.config.round, now)
+                return None
+            self._closing = True
+        try:
+            report = self._close(state, now)
+        finally:
+            with self._lock:
+                self._closing = False
+        self.observer.round_closed(report)
+        return report
 
     # -- the participant's side (CoordinatorLink) -------------------------------------
 
     def next_round(self, key_id: str) -> Offer:
+        self.tick()
         with self._lock:
-            self.tick()
             if not self.trust.trusts_key_id(key_id):
                 self.observer.rejected("unknown_key")
                 raise UpdateRejected(
@@ -232,6 +244,8 @@ class Coordinator:
             if self._state is None:
                 return Finished(self.config.rounds)
             state = self._state
+            if self._closing:
+                return Wait(self.config.retry_seconds, f"round {state.number} is being merged")
             if key_id in state.admitted_keys:
                 return Wait(
                     self.config.retry_seconds,
@@ -264,10 +278,11 @@ class Coordinator:
             obj.store_in(self.repo.objects)
 
     def submit(self, round_number: int, commit: ObjectId) -> Verdict:
+        self.tick()
         with self._lock:
-            self.tick()
             state = self._state
-            if state is None or round_number < state.number:
+            closing = self._closing and state is not None and round_number == state.number
+            if state is None or round_number < state.number or closing:
                 closed = f"round {round_number} is closed"
                 return self._refuse(state, commit, "", UpdateRejected("round_closed", closed))
             if round_number > state.number:
@@ -287,9 +302,9 @@ class Coordinator:
             self._state = state
             self._admitted_ever.add(commit)
             self.observer.admitted(admitted)
-            report = self.tick()
-            extra = {"round_closed": report.commit} if report else {}
-            return Verdict(True, extra=extra)
+        report = self.tick()
+        extra = {"round_closed": report.commit} if report else {}
+        return Verdict(True, extra=extra)
 
     # -- inside ---------------------------------------------------------------------------
 
@@ -341,6 +356,8 @@ class Coordinator:
         return Verdict(False, error.reason, error.detail)
 
     def _close(self, state: RoundState, now: float) -> RoundReport:
+        """Merge ``state``'s updates and record the round (outside the lock: ``_closing``
+        keeps every other thread from admitting to, or closing, this round meanwhile)."""
         started = time.perf_counter()
         base = self.repo.read_snapshot(self.repo.get_commit(state.base).snapshot)
         updates = [admitted_update(self.repo, a) for a in state.admitted]
@@ -358,7 +375,6 @@ class Coordinator:
         )
         metadata = result.metadata
         aggregation = time.perf_counter() - started
-        self._strategy_state = result.strategy_state
         rejected: dict[str, int] = {}
         for r in state.rejected:
             rejected[r.reason] = rejected.get(r.reason, 0) + 1
@@ -373,10 +389,11 @@ class Coordinator:
             duration_seconds=now - state.opened_at,
             aggregation_seconds=aggregation,
         )
-        self._state = None
-        if state.number < self.config.rounds:
-            self._state = open_round(
-                state.number + 1, oid, self.config.round, self.fleet_size, self.clock()
-            )
-        self.observer.round_closed(report)
+        with self._lock:
+            self._strategy_state = result.strategy_state
+            self._state = None
+            if state.number < self.config.rounds:
+                self._state = open_round(
+                    state.number + 1, oid, self.config.round, self.fleet_size, self.clock()
+                )
         return report

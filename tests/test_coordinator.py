@@ -332,3 +332,42 @@ def test_an_object_damaged_on_the_servers_disk_is_refused_by_the_client(tmp_path
     with pytest.raises(CorruptObjectError, match=blob):
         alice.step()
     assert not alice.repo.objects.contains(blob)
+
+
+def test_clients_are_answered_while_a_round_is_being_merged() -> None:
+    import dataclasses
+    import threading
+
+    fedavg = make("fedavg")
+    entered, release = threading.Event(), threading.Event()
+
+    def slow_merge(base: Any, updates: Any, state: Any) -> Any:
+        entered.set()
+        assert release.wait(10), "the test never released the merge"
+        return fedavg.merge(base, updates, state)  # type: ignore[union-attr]
+
+    repo = make_repo()
+    coord = Coordinator(
+        repo,
+        dataclasses.replace(fedavg, merge=slow_merge),  # type: ignore[type-var]
+        trust=TRUST,
+        signer=SERVER,
+        config=CoordinatorConfig(rounds=2, round=RoundConfig(min_clients=3)),
+    )
+    a, b, c = participants(coord)
+    run_round([a, b])
+    offer = coord.next_round(c.key_id)
+    assert isinstance(offer, RoundOffer)
+    last = c.train(offer)
+    c.upload(last)
+    verdicts: list[Any] = []
+    closer = threading.Thread(target=lambda: verdicts.append(coord.submit(1, last)))
+    closer.start()
+    assert entered.wait(10)  # the merge has started and is holding on
+    waiting = coord.next_round(a.key_id)  # answered at once, not after the merge
+    assert isinstance(waiting, Wait) and "being merged" in waiting.reason
+    assert coord.submit(1, last).reason == "round_closed"  # nothing enters a closing round
+    release.set()
+    closer.join(10)
+    assert verdicts[0].admitted and "round_closed" in verdicts[0].extra
+    assert isinstance(coord.next_round(a.key_id), RoundOffer)  # round 2 is open
