@@ -1,8 +1,9 @@
 """The training side of a simulation: what runs in the worker processes.
 
-Workers are started with ``spawn`` (never ``fork``: a forked copy of a process that has
-started torch's or BLAS's threads can deadlock) and build the workload once, from its
-``WorkloadSpec``, in the pool's initializer. A job is a few clients to train from one
+Workers fork from a ``forkserver`` that imported the workload's module once (``spawn``
+where there is no forkserver; never a plain ``fork`` of this process: a forked copy of a
+process that has started torch's or BLAS's threads can deadlock), and build the workload
+once, from its ``WorkloadSpec``, in the pool's initializer. A job is a few clients to train from one
 base; what comes back is each client's ``TrainResult`` and the seconds spent in the
 workload's own code, which the benchmarks subtract to find the framework's overhead.
 Nothing here touches a repository: commits and signatures stay in the main process.
@@ -81,10 +82,21 @@ def train_in_worker(job: TrainJob) -> list[Trained]:
 
 
 def start_pool(spec: WorkloadSpec, workers: int) -> concurrent.futures.ProcessPoolExecutor:
-    """A pool of ``workers`` spawned processes, each holding the workload ``spec`` builds."""
+    """A pool of ``workers`` processes, each holding the workload ``spec`` builds.
+
+    They fork from a fresh server process that imported the workload's module (torch, for
+    the bundled ones) once: no worker pays that import again, and the server itself never
+    ran a thread, so forking it is safe where forking this process would not be.
+    """
+    context: multiprocessing.context.BaseContext
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        context = multiprocessing.get_context("spawn")
+    else:
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload([spec.target.partition(":")[0]])
     return concurrent.futures.ProcessPoolExecutor(
         max_workers=workers,
-        mp_context=multiprocessing.get_context("spawn"),
+        mp_context=context,
         initializer=_start_worker,
         initargs=(spec,),
     )
