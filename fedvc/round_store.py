@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from fedvc.merge.base import MergeStrategy, State, Update
-from fedvc.objects import Commit, ObjectId
+from fedvc.objects import Commit, MalformedObjectError, ObjectId, validate_object_id
 from fedvc.repo import Repository, branch_ref
 from fedvc.round import Admitted, MergeResult, RoundState
 from fedvc.signing import SigningKey
@@ -28,6 +28,24 @@ def admitted_update(repo: Repository, admitted: Admitted) -> Update:
         client=admitted.commit,
         fisher=fisher,
     )
+
+
+def attached_snapshots(commit: Commit) -> list[tuple[str, ObjectId]]:
+    """Snapshots a commit names in its metadata rather than as its model: an update's
+    diagonal Fisher, a round merge's saved strategy state. They are part of what a replay
+    reads, so ``verify`` checks them like the model itself."""
+    record = commit.metadata.get("round")
+    found = [
+        ("Fisher", commit.metadata.get("fisher")),
+        ("strategy state", record.get("strategy_state") if isinstance(record, Mapping) else None),
+    ]
+    attached = []
+    for role, value in found:
+        try:
+            attached.append((role, validate_object_id(value)))
+        except MalformedObjectError:
+            continue  # absent (None); a malformed id never passed admission
+    return attached
 
 
 def saved_strategy_state(repo: Repository, commit: Commit) -> State | None:

@@ -24,6 +24,7 @@ from fedvc.objects import (
     split_object,
 )
 from fedvc.repo import Repository
+from fedvc.round_store import attached_snapshots
 from fedvc.signing import PublicKey, commit_signature_valid
 from fedvc.store.base import CorruptObjectError, ObjectNotFoundError, StoreError
 from fedvc.trust import TrustStore
@@ -95,9 +96,10 @@ def verify(repo: Repository, rev: str = "HEAD", trust: TrustStore | None = None)
             if parent not in seen:
                 seen.add(parent)
                 queue.append(parent)
-        if commit.snapshot not in seen_snapshots:
-            seen_snapshots.add(commit.snapshot)
-            _check_snapshot(repo, oid, commit.snapshot, report, seen_blobs)
+        for role, snapshot in [("snapshot", commit.snapshot), *attached_snapshots(commit)]:
+            if snapshot not in seen_snapshots:
+                seen_snapshots.add(snapshot)
+                _check_snapshot(repo, oid, snapshot, report, seen_blobs, role)
     return report
 
 
@@ -195,8 +197,9 @@ def _check_snapshot(
     snapshot_id: ObjectId,
     report: VerifyReport,
     seen_blobs: set[ObjectId],
+    role: str = "snapshot",
 ) -> None:
-    where = f"snapshot {short_id(snapshot_id)} of commit {short_id(commit)}"
+    where = f"{role} {short_id(snapshot_id)} of commit {short_id(commit)}"
     report.snapshots += 1
     try:
         stored = repo.objects.get(snapshot_id)

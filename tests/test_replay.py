@@ -123,3 +123,23 @@ def test_verify_replay_on_the_command_line(
     assert printed.count("replayed ") == 3 and "ok: history" in printed
     assert main(["--repo", str(tmp_path), "verify", "--replay", "files"]) == 0
     assert "skipped" in capsys.readouterr().out
+
+
+def test_verify_checks_the_fisher_and_strategy_state_a_history_names(tmp_path: Path) -> None:
+    from fedvc.verify import verify
+
+    repo = new_repo(tmp_path)
+    federate(repo, "fisher", rounds=1)
+    federate(repo, "fedadam", rounds=2)  # continues main: round 2 saves its state
+    merge = repo.get_commit(repo.resolve("main"))
+    assert isinstance(merge.metadata["round"]["strategy_state"], str)
+    update = repo.get_commit(repo.resolve("main~1^2"))
+    fisher = repo.get_snapshot(update.metadata["fisher"])
+    blob = next(iter(fisher.tensors.values())).blob
+    before = verify(repo, "main")
+    assert before.ok
+    path = tmp_path / ".fedvc" / "objects" / blob[:2] / blob[2:]
+    path.chmod(0o644)
+    path.write_bytes(path.read_bytes()[:-1] + b"\x00")
+    (problem,) = verify(repo, "main").problems
+    assert problem.oid == blob and "Fisher" in problem.where
