@@ -70,3 +70,15 @@ def test_fleet_task_example_takes_part_in_a_round() -> None:
     submitted = Participant(coordinator, task, client, repo).run()
     assert [s.verdict.admitted for s in submitted] == [True, True]
     np.testing.assert_allclose(repo.read_params("main")["w"], 0.2, rtol=1e-6)
+
+
+def test_in_process_federation_example_runs_three_signed_rounds(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    namespace: dict[str, object] = {}
+    exec(compile(block_with("while not coordinator.finished"), "README.md", "exec"), namespace)
+    repo = namespace["repo"]
+    merges = [c for _, c in repo.log("main", first_parent=True) if len(c.parents) > 1]  # type: ignore[attr-defined]
+    assert len(merges) == 3 and all(len(c.parents) == 4 for c in merges)
+    np.testing.assert_allclose(repo.read_params("main")["w"], 6.0)  # type: ignore[attr-defined]
+    assert "6." in capsys.readouterr().out
