@@ -117,3 +117,49 @@ def _connector(width: int, keep: Iterable[int], slash: str, at: Iterable[int]) -
     for i in at:
         chars[max(2 * i - 1, 0)] = slash
     return "".join(chars).rstrip()
+
+
+def round_lines(record: Mapping[str, object]) -> list[str]:
+    """A round merge's ``round`` metadata for a person: who took part with how many
+    examples and what metrics, how their updates interfered, what was turned away.
+    Raises KeyError, TypeError or ValueError on a record of another shape."""
+    strategy = record["strategy"]
+    participants = record["participants"]
+    assert isinstance(strategy, Mapping) and isinstance(participants, list)
+    params = ", ".join(f"{k}={v}" for k, v in sorted(dict(strategy.get("params", {})).items()))
+    names = sorted({m for p in participants for m in p.get("metrics", {})})
+    rows = [
+        [short_id(p["commit"]), p["key_id"] or "-", p["examples"]]
+        + [number(p.get("metrics", {}).get(m)) for m in names]
+        for p in participants
+    ]
+    lines = [
+        f"merged with {strategy['name']}({params}): {len(participants)} updates, "
+        f"{record['examples']} examples",
+        "",
+        *table(["update", "key", "examples", *names], rows, "llr" + "r" * len(names)),
+    ]
+    interference = record.get("interference")
+    if isinstance(interference, Mapping):
+        top = ", ".join(
+            f"{layer['name']} {number(layer['score'])}"
+            for layer in interference.get("top_layers", [])[:3]
+        )
+        lines += [
+            "",
+            f"interference score {number(interference.get('score'))}, mean cosine "
+            f"{number(interference.get('mean_cosine'))}, sign conflicts "
+            f"{number(interference.get('sign_conflict'))}; most conflicting: {top or '-'}",
+        ]
+    rejected = record.get("rejected") or []
+    assert isinstance(rejected, list)
+    count = record.get("rejection_count", len(rejected))
+    lines.append(f"rejected: {count}" if count else "rejected: none")
+    lines += [
+        f"  {r.get('key_id') or '-'} {short_id(r['commit']) if r.get('commit') else '-'}: "
+        f"{r['reason']}: {r['detail']}"
+        for r in rejected
+    ]
+    if record.get("strategy_state"):
+        lines.append(f"strategy state: snapshot {short_id(str(record['strategy_state']))}")
+    return lines

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +111,20 @@ def cmd_log(args: argparse.Namespace) -> int:
     return 0
 
 
+def _show_round(record: object) -> bool:
+    """Print a round merge's record readably; False (print nothing) for any other shape."""
+    if not isinstance(record, Mapping):
+        return False
+    try:
+        lines = render.round_lines(record)
+    except (KeyError, TypeError, ValueError, AssertionError, AttributeError):
+        return False
+    for line in lines:
+        print(f"    {line}".rstrip())
+    print()
+    return True
+
+
 def cmd_show(args: argparse.Namespace) -> int:
     repo = open_repo(args)
     oid = repo.resolve(args.rev)
@@ -136,8 +150,10 @@ def cmd_show(args: argparse.Namespace) -> int:
         print(f"    {line}")
     if commit.metadata:
         print()
+        shown = _show_round(commit.metadata.get("round"))
         for key, value in sorted(commit.metadata.items()):
-            print(f"    {key} = {json.dumps(value, ensure_ascii=False, sort_keys=True)}")
+            if not (shown and key == "round"):
+                print(f"    {key} = {json.dumps(value, ensure_ascii=False, sort_keys=True)}")
     print()
     rows = [
         (
