@@ -96,6 +96,10 @@ class FleetServer:
             self._stop.wait(linger)
         self.stop()
 
+    def interrupt(self) -> None:
+        """Ask ``wait()`` to stop the server (safe from a signal handler)."""
+        self._stop.set()
+
     def stop(self) -> None:
         self._stop.set()
         if self._timer is not None and self._timer is not threading.current_thread():

@@ -12,6 +12,7 @@ Exit codes: 0 when the last round is merged, 2 on bad input or an error.
 from __future__ import annotations
 
 import argparse
+import signal
 import subprocess
 import sys
 import time
@@ -61,11 +62,16 @@ def serve(config_path: str) -> int:
         f"{' with TLS' if config.tls else ''}; repository {config.repository}; "
         + (f"round {state.number} of {config.rounds}" if state else "all rounds are done")
     )
+    signal.signal(signal.SIGTERM, lambda *_: server.interrupt())  # docker stop, systemd
     try:
         server.wait()
     except KeyboardInterrupt:
         server.stop()
         return 130
+    state = server.coordinator.state
+    if state is not None:
+        say(f"stopped in round {state.number}; start again to continue from main")
+        return 0
     say(f"done: {config.rounds} rounds merged on main in {config.repository}")
     return 0
 

@@ -159,3 +159,20 @@ def test_killed_client_and_killed_server_lose_and_repeat_no_round(tmp_path: Path
     assert all(r.ok for r in replay_history(repo, "main"))
     log = (tmp_path / "server.log").read_text()
     assert log.count("round 1: merged") == 1 and f"round {ROUNDS}: merged" in log
+
+
+def test_sigterm_stops_the_server_cleanly(tmp_path: Path) -> None:
+    port = free_port()
+    config = write_setup(tmp_path, port)
+    log = tmp_path / "server.log"
+    server = start_server(config, log)
+    try:
+        wait_for(lambda: "serving" in log.read_text(), "the server to listen", server, log)
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=20) == 0
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+    assert "stopped in round 1; start again to continue from main" in log.read_text()
+    assert verify(Repository.open(tmp_path / "repo"), "main").ok  # closed, not torn
