@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from fedvc.diff import distance as param_distance
 from fedvc.objects import Commit, ObjectId, Snapshot
 from fedvc.round import ROUND_KEY, Admitted, RoundState, UpdateRejected
 from fedvc.signing import PublicKey, commit_signature_valid
@@ -87,7 +88,7 @@ def admit(
         check_structure("Fisher", base_layout, snapshot_layout(fisher_snapshot))
         check_values("Fisher", read(fisher_snapshot), fisher=True)
     if max_norm is not None:
-        distance = _distance(read(base_snapshot), params)
+        distance = param_distance(read(base_snapshot), params)
         if not distance <= max_norm:
             raise UpdateRejected(
                 "norm",
@@ -185,12 +186,3 @@ def check_values(what: str, params: ParamMap, *, fisher: bool = False) -> None:
                 f"{what} tensor {name!r} has negative entries; a diagonal Fisher is a mean of "
                 "squares, never negative",
             )
-
-
-def _distance(base: ParamMap, params: ParamMap) -> float:
-    total = 0.0
-    for name in sorted(base):
-        if base[name].dtype.kind in "fc":
-            diff = params[name].astype(np.float64) - base[name]
-            total += float(np.vdot(diff, diff).real)
-    return math.sqrt(total)

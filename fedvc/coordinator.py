@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -41,7 +42,7 @@ from fedvc.round import (
     reject,
 )
 from fedvc.round_store import admitted_update, record_merge, starting_state
-from fedvc.signing import KeyId, SigningKey
+from fedvc.signing import KeyId, PublicKey, SigningError, SigningKey
 from fedvc.store.base import ObjectNotFoundError, StoreError
 from fedvc.transport import Finished, Offer, RoundOffer, Verdict, Wait, WireObject
 from fedvc.trust import TrustStore
@@ -133,6 +134,14 @@ class CoordinatorConfig:
 def uses_fisher(spec: StrategySpec) -> bool:
     """True when ``spec`` or any strategy it chains merges with Fisher information."""
     return spec.name in FISHER_STRATEGIES or any(uses_fisher(c) for c in spec.children)
+
+
+def _key_id(author: str) -> str:
+    """The key id of a commit's author (a 64-hex public key), or "" if there is none."""
+    try:
+        return str(PublicKey.from_hex(author).key_id)
+    except SigningError:
+        return ""
 
 
 def completed_rounds(commit: Commit) -> int:
@@ -350,8 +359,8 @@ class Coordinator:
         self, state: RoundState | None, commit: ObjectId, author: str, error: UpdateRejected
     ) -> Verdict:
         if state is not None:
-            key_id = author[:16] if author else ""
-            self._state = reject(state, Rejected(key_id, commit, error.reason, error.detail))
+            rejection = Rejected(_key_id(author), commit, error.reason, error.detail)
+            self._state = reject(state, rejection)
         self.observer.rejected(error.reason)
         return Verdict(False, error.reason, error.detail)
 
@@ -375,15 +384,12 @@ class Coordinator:
         )
         metadata = result.metadata
         aggregation = time.perf_counter() - started
-        rejected: dict[str, int] = {}
-        for r in state.rejected:
-            rejected[r.reason] = rejected.get(r.reason, 0) + 1
         report = RoundReport(
             number=state.number,
             commit=oid,
             base=state.base,
             participants=tuple(sorted(state.admitted, key=lambda a: a.commit)),
-            rejected=rejected,
+            rejected=dict(Counter(r.reason for r in state.rejected)),
             metrics=metadata["round"]["metrics"],
             interference_score=metadata["round"]["interference"].get("score"),
             duration_seconds=now - state.opened_at,

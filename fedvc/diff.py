@@ -314,6 +314,23 @@ def norm(params: ParamMap, *, chunk_elements: int | None = None) -> float:
         return math.sqrt(sum(_squares(params[name], size) for name in sorted(params)))
 
 
+def distance(a: ParamMap, b: ParamMap, *, chunk_elements: int | None = None) -> float:
+    """Global L2 distance between two models of one layout, over their floating tensors.
+
+    Accumulated in float64 chunks in sorted name order, so a model of any size needs only
+    chunk-sized temporaries and the same pair always gives the same bits.
+    """
+    size = _chunk_size(chunk_elements)
+    total = 0.0
+    for name in sorted(a):
+        if a[name].dtype.kind != "f":
+            continue
+        for left, right in zip(_chunks(a[name], size), _chunks(b[name], size), strict=True):
+            step = right.astype(np.float64) - left
+            total += float(np.dot(step, step))
+    return math.sqrt(total)
+
+
 def _check_pairs(base: ParamMap, other: ParamMap, other_label: str) -> None:
     """Raise DiffError unless both maps hold the same names with the same shapes."""
     missing = sorted(set(base) - set(other))

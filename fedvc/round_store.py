@@ -30,19 +30,19 @@ def admitted_update(repo: Repository, admitted: Admitted) -> Update:
     )
 
 
-def attached_snapshots(commit: Commit) -> list[tuple[str, ObjectId]]:
+def attached_snapshots(commit: Commit) -> dict[str, ObjectId]:
     """Snapshots a commit names in its metadata rather than as its model: an update's
     diagonal Fisher, a round merge's saved strategy state. They are part of what a replay
     reads, so ``verify`` checks them like the model itself."""
     record = commit.metadata.get("round")
-    found = [
-        ("Fisher", commit.metadata.get("fisher")),
-        ("strategy state", record.get("strategy_state") if isinstance(record, Mapping) else None),
-    ]
-    attached = []
-    for role, value in found:
+    found = {
+        "Fisher": commit.metadata.get("fisher"),
+        "strategy state": record.get("strategy_state") if isinstance(record, Mapping) else None,
+    }
+    attached = {}
+    for role, value in found.items():
         try:
-            attached.append((role, validate_object_id(value)))
+            attached[role] = validate_object_id(value)
         except MalformedObjectError:
             continue  # absent (None); a malformed id never passed admission
     return attached
@@ -50,9 +50,8 @@ def attached_snapshots(commit: Commit) -> list[tuple[str, ObjectId]]:
 
 def saved_strategy_state(repo: Repository, commit: Commit) -> State | None:
     """The strategy state a round's merge commit saved (server momentum, moments...)."""
-    record = commit.metadata.get("round")
-    saved = record.get("strategy_state") if isinstance(record, Mapping) else None
-    return dict(repo.read_snapshot(ObjectId(saved))) if isinstance(saved, str) else None
+    saved = attached_snapshots(commit).get("strategy state")
+    return dict(repo.read_snapshot(saved)) if saved is not None else None
 
 
 def starting_state(repo: Repository, strategy: MergeStrategy, base: ObjectId) -> State:

@@ -96,7 +96,8 @@ def verify(repo: Repository, rev: str = "HEAD", trust: TrustStore | None = None)
             if parent not in seen:
                 seen.add(parent)
                 queue.append(parent)
-        for role, snapshot in [("snapshot", commit.snapshot), *attached_snapshots(commit)]:
+        attached = attached_snapshots(commit).items()
+        for role, snapshot in [("snapshot", commit.snapshot), *attached]:
             if snapshot not in seen_snapshots:
                 seen_snapshots.add(snapshot)
                 _check_snapshot(repo, oid, snapshot, report, seen_blobs, role)

@@ -231,6 +231,7 @@ def test_rejections_are_counted_recorded_and_do_not_disturb_the_round() -> None:
     (merge,) = [commit for _, commit in repo.log("main") if len(commit.parents) > 1]
     record = merge.metadata["round"]
     assert [r["reason"] for r in record["rejected"]] == ["norm", "missing_objects"]
+    assert record["rejected"][0]["key_id"] == a.key.key_id  # who sent it, by key id
     assert record["rejection_count"] == 2 and far not in merge.parents
     assert events.rejections == ["norm", "missing_objects"]
     assert verify(repo, "main").ok

@@ -371,3 +371,15 @@ def test_uint64_delta_wraps_and_round_trips_exactly() -> None:
     assert d["u"].dtype == np.int64 and int(d["u"][0]) == 1  # 2**64 - 1 + 1 wraps to 0
     np.testing.assert_array_equal(apply_delta(base, d)["u"], new["u"])
     np.testing.assert_array_equal(apply_delta(new, d, scale=-1.0)["u"], base["u"])
+
+
+def test_distance_is_the_l2_norm_of_the_difference_whatever_the_chunk() -> None:
+    from fedvc.diff import distance
+
+    rng = np.random.default_rng(3)
+    a = {"w": rng.normal(size=(7, 5)).astype(np.float32), "n": np.arange(4)}
+    b = {"w": rng.normal(size=(7, 5)).astype(np.float32), "n": np.arange(4) * 9}
+    expected = float(np.linalg.norm(b["w"].astype(np.float64) - a["w"]))
+    for chunk in (1, 3, 1 << 20):
+        assert distance(a, b, chunk_elements=chunk) == pytest.approx(expected, rel=1e-12)
+    assert distance(a, a) == 0.0  # integer tensors (counters) do not count

@@ -21,7 +21,18 @@ from fedvc_client.link import ClientTls, GrpcLink
 def load_task(spec: str, args: Mapping[str, Any] | None = None) -> Task:
     """``package.module:name`` → a Task: ``name`` is a Task, or a factory called with ``args``."""
     found = import_object(spec, "--task")
-    task = found(**dict(args or {})) if callable(found) and not hasattr(found, "train") else found
+    if hasattr(found, "train"):
+        if args:
+            raise UserCodeError(
+                f"--task {spec!r} is a Task, not a function that builds one, so it takes no "
+                f"--task-arg (got {sorted(args)})"
+            )
+        task = found
+    else:
+        try:
+            task = found(**dict(args or {})) if callable(found) else found
+        except TypeError as exc:
+            raise UserCodeError(f"--task {spec!r} with {dict(args or {})}: {exc}") from None
     if not callable(getattr(task, "train", None)):
         raise UserCodeError(
             f"--task {spec!r} gave {type(task).__name__}, which has no train(params, config) "
