@@ -202,7 +202,6 @@ def fleet_in_this_process(clients: int, rounds: int, fraction: float, workers: i
         "client_rounds": split["client_rounds"],
         "examples_per_client": sum(len(p) for p in result.parts) / len(result.parts),
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "peak_worker_rss_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
         "final_loss": result.runs[0].rounds[-1].loss,
         "initial_loss": result.runs[0].rounds[0].loss,
     }
@@ -241,8 +240,7 @@ def fleet(args: argparse.Namespace) -> dict[str, Any]:
         f"fleet: {clients} virtual clients ({figures['examples_per_client']:.0f} examples "
         f"each, stdlib text), {rounds} rounds of {fraction:.0%}: {figures['seconds']:.1f} s; "
         f"peak RSS {figures['peak_rss_mib']:.0f} MiB (a fleet of just the {per_round} "
-        f"clients a round takes: {small['peak_rss_mib']:.0f} MiB), "
-        f"{figures['peak_worker_rss_mib']:.0f} MiB per training worker; "
+        f"clients a round takes: {small['peak_rss_mib']:.0f} MiB); "
         f"test loss {figures['initial_loss']:.3f} -> {figures['final_loss']:.3f}"
     )
     return figures
