@@ -49,6 +49,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,6 +70,47 @@ ROOT = Path(__file__).resolve().parents[1]
 SKEW_CONFIG = ROOT / "simulations" / "digits-dirichlet-0.1.toml"
 
 
+def digits_toml(
+    clients: int,
+    rounds: int,
+    workers: int,
+    *,
+    fraction: float = 1.0,
+    min_size: int = 10,
+    epochs: int = 2,
+) -> str:
+    """FedAvg on label-skewed digits (Dirichlet 0.5), the MLP of ``fedvc simulate``, as the
+    experiment file a user would write."""
+    return f"""
+[simulation]
+name = "bench"
+rounds = {rounds}
+clients = {clients}
+workers = {workers}
+
+[data]
+workload = "digits"
+params = {{ hidden = [64] }}
+
+[partition]
+kind = "dirichlet"
+alpha = 0.5
+min_size = {min_size}
+
+[round]
+fraction = {fraction}
+
+[train]
+epochs = {epochs}
+lr = 0.05
+batch_size = 32
+
+[[strategy]]
+label = "FedAvg"
+name = "fedavg"
+"""
+
+
 def digits_config(
     clients: int,
     rounds: int,
@@ -78,23 +120,11 @@ def digits_config(
     min_size: int = 10,
     epochs: int = 2,
 ) -> SimulationConfig:
-    """FedAvg on label-skewed digits (Dirichlet 0.5), the MLP of ``fedvc simulate``."""
-    return parse_config(
-        {
-            "simulation": {
-                "name": "bench",
-                "rounds": rounds,
-                "clients": clients,
-                "workers": workers,
-            },
-            "data": {"workload": "digits", "params": {"hidden": [64]}},
-            "partition": {"kind": "dirichlet", "alpha": 0.5, "min_size": min_size},
-            "round": {"fraction": fraction},
-            "train": {"epochs": epochs, "lr": 0.05, "batch_size": 32},
-            "strategy": [{"label": "FedAvg", "name": "fedavg"}],
-        },
-        "bench",
+    """``digits_toml``'s experiment, parsed."""
+    text = digits_toml(
+        clients, rounds, workers, fraction=fraction, min_size=min_size, epochs=epochs
     )
+    return parse_config(tomllib.loads(text), "bench")
 
 
 def run_on_disk(config: SimulationConfig, *, durable: bool = True) -> ExperimentResult:
@@ -532,6 +562,89 @@ def flower_speed(args: argparse.Namespace, actors: list[int]) -> dict[str, Any]:
     return figures
 
 
+def cold_fedvc(text: str, workers: int, seed: int, clients: int) -> tuple[float, int, float]:
+    """``fedvc simulate`` on the experiment file ``text`` in a fresh process, timed from
+    launch to exit (interpreter, imports, data, every round, results.json; ``--no-plots``,
+    since Flower draws none): seconds, signed merges verified, final accuracy."""
+    keys = [server_key(seed).public_key] + [client_key(seed, k).public_key for k in range(clients)]
+    with tempfile.TemporaryDirectory() as scratch:
+        config, out = Path(scratch) / "bench.toml", Path(scratch) / "out"
+        config.write_text(text)
+        command = [sys.executable, "-m", "fedvc.cli", "simulate", str(config)]
+        command += ["--out", str(out), "--workers", str(workers), "--no-plots"]
+        started = time.perf_counter()
+        subprocess.run(command, check=True, capture_output=True)
+        seconds = time.perf_counter() - started
+        repo = Repository.open(out / "repo")
+        try:
+            merges = signed_rounds(repo, "fedavg", keys)
+        finally:
+            repo.close()
+        record = json.loads((out / "results.json").read_text())
+        accuracy: float = record["strategies"][0]["rounds"][-1]["accuracy"]
+    return seconds, merges, accuracy
+
+
+def flower_in_this_process(clients: int, rounds: int, epochs: int, actors: int, cpus: int) -> None:
+    """Flower's FedAvg on ``digits_config``, its final accuracy printed as JSON (called in a
+    fresh process by ``cold_flower``)."""
+    quiet_flower()
+    run = run_flower(digits_config(clients, rounds, cpus, epochs=epochs), actors, cpus)
+    print(json.dumps({"accuracy": run.accuracy[-1]}))
+
+
+def cold_flower(
+    clients: int, rounds: int, epochs: int, actors: int, cpus: int
+) -> tuple[float, float]:
+    """The same experiment in Flower's simulation engine in a fresh Python process, timed
+    from launch to exit (interpreter, imports, Ray, actors, every round): seconds, final
+    accuracy."""
+    command = [sys.executable, __file__, "--flower-child"]
+    command.append(json.dumps([clients, rounds, epochs, actors, cpus]))
+    started = time.perf_counter()
+    done = subprocess.run(command, check=True, capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    accuracy: float = json.loads(done.stdout.strip().splitlines()[-1])["accuracy"]
+    return seconds, accuracy
+
+
+def cold_start(args: argparse.Namespace, actors: int) -> dict[str, Any]:
+    """Both frameworks as a user starts them: each run a fresh process, best of two,
+    the two alternating so neither gets a quieter machine."""
+    clients, rounds = args.overhead_clients, args.overhead_rounds
+    text = digits_toml(clients, rounds, args.workers, epochs=args.epochs)
+    config = digits_config(clients, rounds, args.workers, epochs=args.epochs)
+    workers = sorted({1, args.workers})
+    fedvc: dict[int, list[float]] = {w: [] for w in workers}
+    flower: list[float] = []
+    merges, accuracy, flower_accuracy = 0, 0.0, 0.0
+    for _ in range(2):
+        for w in workers:
+            seconds, merges, accuracy = cold_fedvc(text, w, config.seed, clients)
+            fedvc[w].append(seconds)
+        seconds, flower_accuracy = cold_flower(clients, rounds, args.epochs, actors, args.workers)
+        flower.append(seconds)
+    ours = min(workers, key=lambda w: min(fedvc[w]))
+    figures: dict[str, Any] = {
+        "fedvc_simulate_seconds": {str(w): times for w, times in fedvc.items()},
+        "flower_seconds": flower,
+        "flower_actors": actors,
+        "signed_merges": merges,
+        "final_accuracy": {"fedvc": accuracy, "flower": flower_accuracy},
+        "speedup": min(flower) / min(fedvc[ours]),
+    }
+    runs = ", ".join(
+        f"{'one process' if w == 1 else f'{w} workers'} {min(times):.1f} s"
+        for w, times in fedvc.items()
+    )
+    print(
+        f"  fresh processes (best of 2): `fedvc simulate --no-plots` {runs} ({merges} signed "
+        f"merges verified); Flower FedAvg ({actors} actor(s)) {min(flower):.1f} s: "
+        f"{figures['speedup']:.1f}x; final accuracy {accuracy:.3f} and {flower_accuracy:.3f}"
+    )
+    return figures
+
+
 def timing(rounds: Rounds, seconds: float, serial: bool) -> dict[str, float]:
     """A run's figures; the overhead per client-round only where training was serial."""
     figures = {
@@ -591,6 +704,7 @@ def flower(args: argparse.Namespace) -> dict[str, Any]:
     quiet_flower()
     actors = sorted({int(a) for a in args.flower_actors.split(",") if a.strip()})
     figures = flower_speed(args, actors)
+    figures["fresh_processes"] = cold_start(args, figures["flower_best_actors"])
     if args.flower_skew_rounds != 0:
         figures["dirichlet_0.1"] = flower_accuracy(args, figures["flower_best_actors"])
     return figures
@@ -635,6 +749,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--json", metavar="FILE", help="also write the figures here")
     parser.add_argument("--fleet-child", help=argparse.SUPPRESS)
+    parser.add_argument("--flower-child", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
@@ -643,6 +758,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
     if args.fleet_child:
         clients, rounds, fraction, workers = json.loads(args.fleet_child)
         fleet_in_this_process(clients, rounds, fraction, workers)
+        return {}
+    if args.flower_child:
+        flower_in_this_process(*json.loads(args.flower_child))
         return {}
     if args.only is not None:
         chosen = [name.strip() for name in args.only.split(",") if name.strip()]

@@ -110,13 +110,16 @@ def test_bad_experiment_files_are_reported(
     assert "[partition]: unknown key(s) beta" in err and not (tmp_path / "out").exists()
 
 
-def test_progress_and_tables_are_printed(
+def test_progress_and_tables_are_printed_and_no_plots_skips_the_pngs(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     config = tmp_path / "one.toml"
     config.write_text(EXPERIMENT.replace("rounds = 2", "rounds = 1"))
     out = tmp_path / "out"
-    assert cli.main(["simulate", str(config), "--out", str(out), "--rounds", "1"]) == 0
+    assert (
+        cli.main(["simulate", str(config), "--out", str(out), "--rounds", "1", "--no-plots"]) == 0
+    )
+    assert (out / "results.json").is_file() and not list(out.glob("*.png"))
     captured = capsys.readouterr()
     assert "FedProx round 1: accuracy" in captured.err  # one line per round off a terminal
     assert "partition dirichlet alpha=0.5: 4 clients" in captured.out

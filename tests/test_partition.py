@@ -15,6 +15,7 @@ from fedvc.simulation import (
     partition_table,
     quantity_skew,
     shards,
+    stratified_holdout,
 )
 
 LABELS = np.random.default_rng(0).integers(0, 10, size=2000)
@@ -171,3 +172,15 @@ def test_bad_arguments_are_refused(call: Callable[[], object], message: str) -> 
 def test_partition_error_is_a_value_error() -> None:
     with pytest.raises(ValueError):
         iid(LABELS, 0, 0)
+
+
+def test_stratified_holdout_keeps_every_class_in_proportion() -> None:
+    labels = np.repeat(np.arange(4), [100, 50, 10, 2])
+    train, test = stratified_holdout(labels, 0.3, seed=5)
+    assert np.array_equal(np.sort(np.concatenate([train, test])), np.arange(labels.size))
+    assert np.bincount(labels[test]).tolist() == [30, 15, 3, 1]
+    again, _ = stratified_holdout(labels, 0.3, seed=5)
+    other, _ = stratified_holdout(labels, 0.3, seed=6)
+    assert np.array_equal(train, again) and not np.array_equal(train, other)
+    with pytest.raises(PartitionError, match="strictly between 0 and 1"):
+        stratified_holdout(labels, 1.0, seed=0)

@@ -40,7 +40,6 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
 from fedvc.align.spec import (
     AlignError,
@@ -57,6 +56,19 @@ _GAIN_ROUNDING = 4.0
 epsilon * √(row length) * the Cauchy-Schwarz bound ``Σ‖R_t‖‖O_t‖`` of the objective):
 rounding noise in the cost matrix must not count as progress, or exact ties (identical
 units) could swap back and forth until ``max_iter``."""
+
+
+def _assign(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The exact maximum-weight assignment of ``scores`` (rows to columns).
+
+    scipy is imported on first use, not with this module: the merge registry imports
+    alignment, and a process that never aligns (a simulation worker, a fleet client)
+    should not pay scipy's import.
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    rows, cols = linear_sum_assignment(scores, maximize=True)
+    return rows, cols
 
 
 @dataclass(frozen=True)
@@ -240,7 +252,7 @@ def _descend(
                     f"although the weights are finite: their products overflow {dtype}; "
                     "scale the models down, or pass them as float64, and align again"
                 )
-            rows, cols = linear_sum_assignment(matrix, maximize=True)
+            rows, cols = _assign(matrix)
             old, new = matrix[rows, perm[p]], matrix[rows, cols]
             if new.sum() - old.sum() > cost.rounding(p):
                 perm[p] = cols.astype(np.intp)
@@ -328,7 +340,7 @@ def activation_matching(
                 f"the inner products of the activations for {name!r} overflow float64; "
                 "use method='correlation', which standardises them, or scale them down"
             )
-        _, cols = linear_sum_assignment(similarity, maximize=True)
+        _, cols = _assign(similarity)
         perms[name] = cols.astype(np.intp)
     return perms
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from fedvc import render, torch_io
+from fedvc import render
 from fedvc.align import (
     PermutationSpec,
     activation_matching,
@@ -109,6 +109,8 @@ def _activation_aligned(
         )
         aligned_set = [u.with_params(m) for u, m in zip(updates, together.models, strict=True)]
         base = fedavg().merge(None, aligned_set, {})[0]
+
+    from fedvc import torch_io  # torch loads only for the commands that run a model
 
     def activations(params: ParamMap) -> dict[str, np.ndarray]:
         module = factory()
@@ -210,6 +212,7 @@ def cmd_barrier(args: argparse.Namespace) -> int:
     factory: Callable[[], Any] = import_object(args.model, "--model")
     inputs, targets = import_object(args.data, "--data")()
     module = factory()
+    from fedvc import torch_io  # torch loads only for the commands that run a model
 
     def evaluate(params: ParamMap) -> float:
         return torch_io.classification_loss(module, params, inputs, targets)

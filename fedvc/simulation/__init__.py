@@ -17,6 +17,7 @@ from fedvc.simulation.partition import (
     partition_table,
     quantity_skew,
     shards,
+    stratified_holdout,
 )
 
 __all__ = [
@@ -26,4 +27,5 @@ __all__ = [
     "partition_table",
     "quantity_skew",
     "shards",
+    "stratified_holdout",
 ]

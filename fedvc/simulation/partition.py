@@ -16,7 +16,8 @@ call draws from its own ``numpy.random.default_rng(seed)``, never the global sta
 - ``quantity_skew``: every client sees the same label distribution, but the number of
   examples per client follows a Dirichlet(alpha) draw.
 
-``partition_table`` counts each client's examples per class, to print or check a split.
+``partition_table`` counts each client's examples per class, to print or check a split;
+``stratified_holdout`` sets a test set aside with every class in proportion.
 
 Only numpy is used, so partitions can be made wherever fedvc is installed.
 
@@ -245,6 +246,30 @@ def quantity_skew(
             for client, piece in enumerate(pieces)
         ]
     )
+
+
+def stratified_holdout(
+    labels: np.ndarray, fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(train, test)`` sorted index arrays, ``fraction`` of every class in ``test``.
+
+    Each class gives ``round(fraction · its size)`` randomly chosen examples to the test
+    set (at least one, and at least one stays for training, when the class has two), so
+    a skewed partition of the training set is scored on every class.
+    """
+    array = _check_labels(labels)
+    if not 0.0 < fraction < 1.0:
+        raise PartitionError(f"the test fraction must lie strictly between 0 and 1, got {fraction}")
+    rng = np.random.default_rng(seed)
+    train: list[np.ndarray] = []
+    test: list[np.ndarray] = []
+    for label in np.unique(array):
+        members = rng.permutation(np.flatnonzero(array == label))
+        count = min(max(round(fraction * members.size), 1), members.size - 1)
+        test.append(members[:count])
+        train.append(members[count:])
+    train_part, test_part = _finish([train, test])
+    return train_part, test_part
 
 
 def partition_table(labels: np.ndarray, parts: Sequence[np.ndarray]) -> np.ndarray:

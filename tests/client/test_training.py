@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from fedvc_client.training import TrainConfig, evaluate, proximal_term, train
+from fedvc_client.training import TrainConfig, evaluate, train
 from sklearn.datasets import load_digits
 
 from fedvc.torch_io import module_params
@@ -33,13 +33,37 @@ def test_training_learns_digits_and_is_repeatable() -> None:
         np.testing.assert_array_equal(value, module_params(second)[name])
 
 
-def test_proximal_term_is_the_squared_distance() -> None:
-    net = model()
-    anchor = {n: p.detach() + 1.0 for n, p in net.named_parameters()}
-    count = sum(p.numel() for p in net.parameters())
-    assert float(proximal_term(net, anchor, mu=0.5).detach()) == pytest.approx(
-        0.25 * count, rel=1e-5
+@pytest.mark.parametrize(
+    ("momentum", "weight_decay", "mu"), [(0.9, 0.0, 0.0), (0.0, 1e-3, 0.0), (0.9, 1e-3, 0.5)]
+)
+def test_training_matches_torch_sgd_with_an_autograd_proximal_term(
+    momentum: float, weight_decay: float, mu: float
+) -> None:
+    """The hand-written step is torch.optim.SGD's, plus FedProx's gradient in closed form."""
+    x, y = digits()
+    x, y = x[:300], y[:300]
+    config = TrainConfig(epochs=2, lr=0.05, momentum=momentum, weight_decay=weight_decay, mu=mu)
+    base = {n: v + 0.01 for n, v in module_params(model(1)).items()}
+    ours = model()
+    train(ours, x, y, config, base=base)
+
+    reference = model()
+    anchor = {n: torch.from_numpy(v) for n, v in base.items()}
+    optimizer = torch.optim.SGD(
+        reference.parameters(), lr=0.05, momentum=momentum, weight_decay=weight_decay
     )
+    generator = torch.Generator().manual_seed(config.seed)
+    inputs, targets = torch.from_numpy(x), torch.as_tensor(y, dtype=torch.long)
+    for _ in range(config.epochs):
+        for batch in torch.split(torch.randperm(len(x), generator=generator), config.batch_size):
+            optimizer.zero_grad()
+            loss = torch.nn.functional.cross_entropy(reference(inputs[batch]), targets[batch])
+            proximal = sum(((p - anchor[n]) ** 2).sum() for n, p in reference.named_parameters())
+            (loss + 0.5 * mu * proximal).backward()
+            optimizer.step()
+    for name, value in module_params(reference).items():
+        np.testing.assert_allclose(module_params(ours)[name], value, rtol=1e-4, atol=1e-5)
+    assert not np.allclose(module_params(ours)["0.weight"], module_params(model())["0.weight"])
 
 
 def test_fedprox_keeps_the_client_near_its_base() -> None:

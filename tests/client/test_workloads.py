@@ -9,6 +9,7 @@ from fedvc_client.reference import digits_initial, digits_task
 from fedvc_client.workloads import (
     TorchDatasetWorkload,
     digits,
+    load_digits,
     mlp,
     stdlib_chars,
     stdlib_packages,
@@ -30,6 +31,25 @@ def test_digits_split_is_stratified_and_the_initial_model_seeded() -> None:
     assert [v.shape for v in first.values()] == [(16, 64), (16,), (10, 16), (10,)]
     assert all(np.array_equal(first[k], again[k]) for k in first)
     assert not np.array_equal(first["0.weight"], other["0.weight"])
+
+
+def test_digits_are_read_as_scikit_learn_loads_them_without_importing_it() -> None:
+    import subprocess
+    import sys
+
+    from sklearn.datasets import load_digits as sklearn_digits
+
+    x, y = load_digits()
+    expected_x, expected_y = sklearn_digits(return_X_y=True)
+    assert x.dtype == np.float32 and y.dtype == np.int64
+    np.testing.assert_array_equal(x, (expected_x / 16.0).astype(np.float32))
+    np.testing.assert_array_equal(y, expected_y)
+    probe = (
+        "import sys; from fedvc_client.workloads import digits; digits(); "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('sklearn', 'scipy')))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def test_a_digits_task_trains_repeatably_with_fedprox_and_fisher() -> None:
