@@ -61,6 +61,8 @@ class MomentumSGD:
         self.config = config
         self.anchor = anchor
         self.velocity: list[torch.Tensor | None] = [None] * len(params)
+        for param in params:  # gradients left from before are not this training's
+            param.grad = None
 
     @torch.no_grad()
     def step(self) -> None:

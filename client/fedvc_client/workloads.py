@@ -177,9 +177,9 @@ def load_digits() -> tuple[np.ndarray, np.ndarray]:
     release moves the file.
     """
     spec = importlib.util.find_spec("sklearn")
-    roots = spec.submodule_search_locations if spec is not None else None
-    path = Path(next(iter(roots or [""]))) / "datasets" / "data" / "digits.csv.gz"
-    if path.is_file():
+    roots = list(spec.submodule_search_locations or []) if spec is not None else []
+    path = Path(roots[0]) / "datasets" / "data" / "digits.csv.gz" if roots else None
+    if path is not None and path.is_file():
         table = np.loadtxt(path, delimiter=",", dtype=np.float64)
         x, y = table[:, :-1], table[:, -1]
     else:  # pragma: no cover - depends on scikit-learn's layout
