@@ -114,19 +114,8 @@ name = "fedavg"
 """
 
 
-def digits_config(
-    clients: int,
-    rounds: int,
-    workers: int,
-    *,
-    fraction: float = 1.0,
-    min_size: int = 10,
-    epochs: int = 2,
-) -> SimulationConfig:
-    """``digits_toml``'s experiment, parsed."""
-    text = digits_toml(
-        clients, rounds, workers, fraction=fraction, min_size=min_size, epochs=epochs
-    )
+def experiment(text: str) -> SimulationConfig:
+    """An experiment file's text, parsed as ``fedvc simulate`` parses it."""
     return parse_config(tomllib.loads(text), "bench")
 
 
@@ -152,12 +141,14 @@ def time_split(result: ExperimentResult) -> dict[str, float]:
 
 def overhead(args: argparse.Namespace) -> dict[str, Any]:
     clients, rounds = args.overhead_clients, args.overhead_rounds
-    parallel = run_on_disk(digits_config(clients, rounds, args.workers, epochs=args.epochs))
-    serial = run_on_disk(digits_config(clients, rounds, 1, epochs=args.epochs))
+    parallel = run_on_disk(
+        experiment(digits_toml(clients, rounds, args.workers, epochs=args.epochs))
+    )
+    serial = run_on_disk(experiment(digits_toml(clients, rounds, 1, epochs=args.epochs)))
     split = time_split(serial)
     outside = split["total"] - split["train"] - split["evaluate"]
     scratch = time_split(
-        run_on_disk(digits_config(clients, rounds, 1, epochs=args.epochs), durable=False)
+        run_on_disk(experiment(digits_toml(clients, rounds, 1, epochs=args.epochs)), durable=False)
     )
     scratch_outside = scratch["total"] - scratch["train"] - scratch["evaluate"]
     figures = {
@@ -187,7 +178,7 @@ def overhead(args: argparse.Namespace) -> dict[str, Any]:
 
 def scale(args: argparse.Namespace) -> dict[str, Any]:
     clients, rounds = (100, 20) if args.full else (args.scale_clients, args.scale_rounds)
-    config = digits_config(clients, rounds, args.workers, min_size=1, epochs=args.epochs)
+    config = experiment(digits_toml(clients, rounds, args.workers, min_size=1, epochs=args.epochs))
     result = run_experiment(config, Repository.memory())
     split = time_split(result)
     figures = {
@@ -494,7 +485,7 @@ def fedvc_verified(config: SimulationConfig) -> tuple[ExperimentResult, int, dic
 def flower_speed(args: argparse.Namespace, actors: list[int]) -> dict[str, Any]:
     """digits, 20 x 5, Dirichlet 0.5: fedvc, Flower's FedAvg, FedvcStrategy, one process."""
     clients, rounds = args.overhead_clients, args.overhead_rounds
-    config = digits_config(clients, rounds, args.workers, epochs=args.epochs)
+    config = experiment(digits_toml(clients, rounds, args.workers, epochs=args.epochs))
     warm_up(config)
     counts = sorted({1, args.workers})
     fedvc = {w: fedvc_verified(dataclasses.replace(config, workers=w)) for w in counts}
@@ -582,10 +573,10 @@ def cold_fedvc(text: str, workers: int, seed: int, clients: int) -> tuple[float,
 
 
 def flower_in_this_process(clients: int, rounds: int, epochs: int, actors: int, cpus: int) -> None:
-    """Flower's FedAvg on ``digits_config``, its final accuracy printed as JSON (called in a
+    """Flower's FedAvg on ``digits_toml``'s experiment, its final accuracy printed as JSON (called in a
     fresh process by ``cold_flower``)."""
     quiet_flower()
-    run = run_flower(digits_config(clients, rounds, cpus, epochs=epochs), actors, cpus)
+    run = run_flower(experiment(digits_toml(clients, rounds, cpus, epochs=epochs)), actors, cpus)
     print(json.dumps({"accuracy": run.accuracy[-1]}))
 
 
@@ -609,7 +600,7 @@ def cold_start(args: argparse.Namespace, actors: int) -> dict[str, Any]:
     the two alternating so neither gets a quieter machine."""
     clients, rounds = args.overhead_clients, args.overhead_rounds
     text = digits_toml(clients, rounds, args.workers, epochs=args.epochs)
-    config = digits_config(clients, rounds, args.workers, epochs=args.epochs)
+    config = experiment(text)
     workers = sorted({1, args.workers})
     fedvc: dict[int, list[float]] = {w: [] for w in workers}
     flower: list[float] = []

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -389,7 +388,7 @@ class Coordinator:
             commit=oid,
             base=state.base,
             participants=tuple(sorted(state.admitted, key=lambda a: a.commit)),
-            rejected=dict(Counter(r.reason for r in state.rejected)),
+            rejected=dict(state.rejections_by_reason),
             metrics=metadata["round"]["metrics"],
             interference_score=metadata["round"]["interference"].get("score"),
             duration_seconds=now - state.opened_at,

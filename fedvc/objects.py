@@ -45,9 +45,14 @@ class MalformedObjectError(FedvcError):
     """Bytes that do not decode to a valid, canonically encoded fedvc object."""
 
 
+def is_object_id(value: object) -> bool:
+    """Whether ``value`` is 64 lowercase hex digits, the only form an object id takes."""
+    return isinstance(value, str) and _OBJECT_ID.match(value) is not None
+
+
 def validate_object_id(value: object, what: str = "object id") -> ObjectId:
     """Return ``value`` as an ``ObjectId`` if it is 64 lowercase hex digits."""
-    if not isinstance(value, str) or not _OBJECT_ID.match(value):
+    if not isinstance(value, str) or not is_object_id(value):
         raise MalformedObjectError(f"{what} must be 64 lowercase hex digits, got {value!r}")
     return ObjectId(value)
 

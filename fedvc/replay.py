@@ -17,11 +17,18 @@ from fedvc.coordinator import uses_fisher
 from fedvc.graph import history
 from fedvc.merge.base import MergeError, State, StrategySpec, Update, ordered
 from fedvc.merge.registry import strategy_from_spec
-from fedvc.objects import Commit, ObjectId, Snapshot, TensorEntry, hash_object
+from fedvc.objects import (
+    Commit,
+    MalformedObjectError,
+    ObjectId,
+    Snapshot,
+    TensorEntry,
+    hash_object,
+)
 from fedvc.repo import Repository
 from fedvc.round import Admitted
 from fedvc.round_store import admitted_update, saved_strategy_state
-from fedvc.signing import KeyId
+from fedvc.store.base import StoreError
 from fedvc.tensors import ParamMap, dtype_name, tensor_bytes
 
 
@@ -52,10 +59,21 @@ def snapshot_id(params: ParamMap) -> ObjectId:
 def replay(repo: Repository, oid: ObjectId) -> Replay:
     """Recompute the merge commit ``oid`` and compare its snapshot id."""
     commit = repo.get_commit(oid)
-    recipe = _recipe(repo, commit)
+    try:
+        recipe = _recipe(repo, commit)
+    except (MalformedObjectError, StoreError) as exc:
+        return Replay(oid, False, f"its recorded inputs cannot be read: {exc}")
     if isinstance(recipe, str):
         return Replay(oid, None, recipe)
     spec, base_id, updates, state = recipe
+    inputs = sorted(u.client for u in updates)
+    if inputs != sorted(commit.parents[1:]):
+        return Replay(
+            oid,
+            False,
+            f"its metadata merges {len(inputs)} updates that are not its {len(commit.parents) - 1}"
+            " signed parents: the recorded inputs are not the ones its history vouches for",
+        )
     try:
         strategy = strategy_from_spec(spec)
         base = repo.read_params(base_id)
@@ -89,19 +107,7 @@ def _recipe(repo: Repository, commit: Commit) -> Recipe | str:
 
 def _round_recipe(repo: Repository, commit: Commit, record: Mapping[str, Any]) -> Recipe:
     base_id = commit.parents[0]
-    updates = [
-        admitted_update(
-            repo,
-            Admitted(
-                ObjectId(p["commit"]),
-                KeyId(p["key_id"]),
-                int(p["examples"]),
-                {},
-                ObjectId(p["fisher"]) if "fisher" in p else None,
-            ),
-        )
-        for p in record["participants"]
-    ]
+    updates = [admitted_update(repo, Admitted.from_json(p)) for p in record["participants"]]
     state = saved_strategy_state(repo, repo.get_commit(base_id))
     return StrategySpec.from_json(record["strategy"]), base_id, updates, state
 

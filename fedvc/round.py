@@ -24,7 +24,7 @@ import numpy as np
 from fedvc.errors import FedvcError
 from fedvc.interference import interference_report
 from fedvc.merge.base import MergeStrategy, State, Update, ordered
-from fedvc.objects import ObjectId
+from fedvc.objects import ObjectId, validate_object_id
 from fedvc.signing import KeyId
 from fedvc.tensors import ParamMap
 
@@ -129,6 +129,19 @@ class Admitted:
             record["fisher"] = self.fisher
         return record
 
+    @classmethod
+    def from_json(cls, record: Mapping[str, Any]) -> Admitted:
+        """The participant a merge commit records; ids are checked, since a history read
+        back may have been written by anyone."""
+        fisher = record.get("fisher")
+        return cls(
+            validate_object_id(record.get("commit"), "participant commit"),
+            KeyId(str(record.get("key_id", ""))),
+            int(record.get("examples", 0)),
+            dict(record.get("metrics", {})),
+            None if fisher is None else validate_object_id(fisher, "participant Fisher"),
+        )
+
 
 @dataclass(frozen=True)
 class Rejected:
@@ -158,7 +171,13 @@ class RoundState:
     assigned: frozenset[KeyId] = frozenset()
     admitted: tuple[Admitted, ...] = ()
     rejected: tuple[Rejected, ...] = ()
-    rejection_count: int = 0
+    """The first ``MAX_RECORDED_REJECTIONS`` rejections in full."""
+    rejections_by_reason: Mapping[str, int] = field(default_factory=dict)
+    """Every rejection, counted by reason, however many there were."""
+
+    @property
+    def rejection_count(self) -> int:
+        return sum(self.rejections_by_reason.values())
 
     @property
     def admitted_keys(self) -> frozenset[KeyId]:
@@ -219,7 +238,9 @@ def reject(state: RoundState, rejection: Rejected) -> RoundState:
     kept = state.rejected
     if len(kept) < MAX_RECORDED_REJECTIONS:
         kept = (*kept, rejection)
-    return replace(state, rejected=kept, rejection_count=state.rejection_count + 1)
+    counts = dict(state.rejections_by_reason)
+    counts[rejection.reason] = counts.get(rejection.reason, 0) + 1
+    return replace(state, rejected=kept, rejections_by_reason=counts)
 
 
 @dataclass(frozen=True)

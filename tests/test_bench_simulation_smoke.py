@@ -74,7 +74,7 @@ def test_flower_trains_the_same_clients_as_fedvc_tiny(
 
     monkeypatch.setenv("FLWR_TELEMETRY_ENABLED", "0")
     monkeypatch.setenv("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
-    config = bench.digits_config(3, 2, 1, epochs=1)
+    config = bench.experiment(bench.digits_toml(3, 2, 1, epochs=1))
     fedvc = bench.run_experiment(config, Repository.memory())
     repo = Repository.init(tmp_path / "repo", bare=True)
     run = bench.run_flower(config, 1, 1, repo)

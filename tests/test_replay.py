@@ -81,6 +81,29 @@ def test_a_merged_model_that_is_not_what_its_inputs_make_is_caught(tmp_path: Pat
     assert replay(repo, repo.resolve("main")).ok
 
 
+def test_a_merge_whose_recorded_participants_are_not_its_parents_fails(tmp_path: Path) -> None:
+    """Only parents are walked and signature-checked by verify: a participant that is not
+    a parent would be an input nobody vouched for."""
+    repo = new_repo(tmp_path)
+    federate(repo, "fedavg", rounds=1)
+    honest = repo.get_commit(repo.resolve("main"))
+    forged = repo.write_commit(
+        honest.snapshot,
+        parents=honest.parents[:-1],  # one participant dropped from the parents only
+        metadata=honest.metadata,
+        signer=SERVER,
+    )
+    result = replay(repo, forged)
+    assert result.ok is False and "not its 2 signed parents" in result.detail
+    record = dict(honest.metadata["round"])
+    record["participants"] = [{**record["participants"][0], "commit": "..//dev/zero"}]
+    bad_id = repo.write_commit(
+        honest.snapshot, parents=honest.parents, metadata={"round": record}, signer=SERVER
+    )
+    unreadable = replay(repo, bad_id)
+    assert unreadable.ok is False and "64 lowercase hex digits" in unreadable.detail
+
+
 def test_snapshot_id_matches_what_the_store_writes() -> None:
     repo = Repository.memory()
     params = {"a": np.arange(3, dtype=np.int64), "b": np.ones((2, 2), np.float32)}

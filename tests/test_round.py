@@ -97,8 +97,10 @@ def test_rejections_are_counted_beyond_the_recorded_ones() -> None:
     state = open_round(1, ObjectId("a" * 64), RoundConfig(), 1, 0.0)
     for i in range(MAX_RECORDED_REJECTIONS + 5):
         state = reject(state, Rejected("k", str(i), "norm", "too far"))
+    state = reject(state, Rejected("k", "late", "wrong_base", "old base"))
     assert len(state.rejected) == MAX_RECORDED_REJECTIONS
-    assert state.rejection_count == MAX_RECORDED_REJECTIONS + 5
+    assert state.rejection_count == MAX_RECORDED_REJECTIONS + 6
+    assert state.rejections_by_reason == {"norm": MAX_RECORDED_REJECTIONS + 5, "wrong_base": 1}
 
 
 class Door:

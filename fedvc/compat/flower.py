@@ -44,7 +44,6 @@ from fedvc.objects import ObjectId, short_id
 from fedvc.replay import snapshot_id
 from fedvc.repo import Repository, branch_ref
 from fedvc.round import (
-    MAX_RECORDED_REJECTIONS,
     ROUND_KEY,
     Admitted,
     Rejected,
@@ -99,7 +98,7 @@ class _OpenRound:
 
     server_round: int
     state: RoundState
-    names: tuple[str, ...]  # the order of the arrays Flower sent, kept for the reply
+    base: dict[str, np.ndarray]  # the arrays Flower sent (the base), in its order
 
 
 class FedvcStrategy(FedAvg):
@@ -185,7 +184,7 @@ class FedvcStrategy(FedAvg):
             self._strategy_state = starting_state(self.repo, self.merge_strategy, base)
         number = completed_rounds(self.repo.get_commit(base)) + 1
         state = open_round(number, base, RoundConfig(), 1, self.clock())
-        self._open = _OpenRound(server_round, state, tuple(params))
+        self._open = _OpenRound(server_round, state, params)
         if self._fisher:
             config["fisher"] = True
         messages: Iterable[Message] = super().configure_train(server_round, arrays, config, grid)
@@ -210,8 +209,7 @@ class FedvcStrategy(FedAvg):
         state = opened.state
         accepted: list[RecordDict] = []  # for Flower's metric aggregation
         provenance: dict[ObjectId, dict[str, Any]] = {}
-        base_commit = self.repo.get_commit(state.base)
-        base = self.repo.read_snapshot(base_commit.snapshot)
+        base = opened.base  # hashed in configure_train: it is the tip's snapshot
         rejected_provenance: list[dict[str, Any]] = []
         failures = 0
         for message in replies:
@@ -226,9 +224,10 @@ class FedvcStrategy(FedAvg):
                     raise UpdateRejected("duplicate", f"update {admitted.commit} arrived twice")
             except UpdateRejected as error:
                 log(WARNING, "fedvc: %s", error)
-                if len(state.rejected) < MAX_RECORDED_REJECTIONS:
-                    rejected_provenance.append(_provenance(message))
+                recorded = len(state.rejected)
                 state = reject(state, Rejected("", "", error.reason, error.detail))
+                if len(state.rejected) > recorded:  # kept in full, so give its origin
+                    rejected_provenance.append(_provenance(message))
                 continue
             state = replace(state, admitted=(*state.admitted, admitted))
             accepted.append(message.content)
@@ -238,7 +237,7 @@ class FedvcStrategy(FedAvg):
             return None, None
         merged = self._merge(state, base, provenance, rejected_provenance, server_round, failures)
         metrics = self.train_metrics_aggr_fn(accepted, self.weighted_by_key)
-        return params_to_arrays({name: merged[name] for name in opened.names}), metrics
+        return params_to_arrays({name: merged[name] for name in base}), metrics
 
     # -- inside -----------------------------------------------------------------------
 
@@ -341,7 +340,7 @@ class FedvcStrategy(FedAvg):
         self._strategy_state = result.strategy_state
         self.merges.append(oid)
         log(INFO, "fedvc: round %s merged into %s", state.number, short_id(oid))
-        return self.repo.read_snapshot(self.repo.get_commit(oid).snapshot)
+        return result.params
 
 
 def _build(strategy: MergeStrategy | str, params: Mapping[str, Any] | None) -> MergeStrategy:

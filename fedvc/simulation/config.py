@@ -39,6 +39,7 @@ never silently falls back to a default halfway through a long run.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 import tomllib
@@ -48,7 +49,8 @@ from pathlib import Path
 from typing import Any
 
 from fedvc.errors import FedvcError
-from fedvc.merge import MergeError, MergeStrategy, align, chain, make
+from fedvc.merge import MergeError, MergeStrategy, StrategySpec, align, chain, strategy_from_spec
+from fedvc.repo import DEFAULT_BRANCH
 from fedvc.round import RoundConfig, RoundError
 from fedvc.simulation.workload import WorkloadSpec
 
@@ -128,9 +130,7 @@ class StrategyConfig:
 
     def build(self) -> MergeStrategy:
         """The strategy itself; with ``align = "weight"``, weight matching runs first."""
-        built = make(self.name, self.params)
-        if not isinstance(built, MergeStrategy):
-            raise MergeError(f"{self.name!r} is an update transform, not a strategy")
+        built = strategy_from_spec(StrategySpec(self.name, dict(self.params)))
         return chain(align(), built) if self.align == "weight" else built
 
 
@@ -148,17 +148,11 @@ class SimulationConfig:
     round: RoundConfig
     train: Mapping[str, Any]
     strategies: tuple[StrategyConfig, ...]
-    raw: Mapping[str, Any]
     source: str = "<config>"
 
     def round_config(self, strategy: StrategyConfig) -> RoundConfig:
         """This experiment's round sizing with the strategy's merged training settings."""
-        return RoundConfig(
-            min_clients=self.round.min_clients,
-            max_clients=self.round.max_clients,
-            fraction=self.round.fraction,
-            train={**self.train, **strategy.train},
-        )
+        return dataclasses.replace(self.round, train={**self.train, **strategy.train})
 
 
 def branch_name(label: str) -> str:
@@ -300,7 +294,6 @@ def parse_config(data: Mapping[str, Any], source: str = "<config>") -> Simulatio
         round=round_config,
         train=train,
         strategies=strategies,
-        raw=data,
         source=source,
     )
 
@@ -364,6 +357,12 @@ def _strategies(source: str, items: list[Any]) -> tuple[StrategyConfig, ...]:
         branch = strategy.branch
         if not branch:
             raise reader.error("label", f"{label!r} gives no branch name; use letters or digits")
+        if branch == DEFAULT_BRANCH:
+            raise reader.error(
+                "label",
+                f"{label!r} becomes branch {branch!r}, which holds the initial model; "
+                "choose another label",
+            )
         if branch in branches:
             raise reader.error(
                 "label",

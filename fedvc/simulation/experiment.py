@@ -68,11 +68,10 @@ def partition_clients(
         assert partition.classes_per_client is not None
         return shards(labels, clients, partition.classes_per_client, seed)
     assert partition.alpha is not None
+    floor = {} if partition.min_size is None else {"min_size": partition.min_size}
     if partition.kind == "dirichlet":
-        floor = 10 if partition.min_size is None else partition.min_size
-        return dirichlet(labels, clients, partition.alpha, seed, min_size=floor)
-    floor = 1 if partition.min_size is None else partition.min_size
-    return quantity_skew(labels, clients, partition.alpha, seed, min_size=floor)
+        return dirichlet(labels, clients, partition.alpha, seed, **floor)
+    return quantity_skew(labels, clients, partition.alpha, seed, **floor)
 
 
 @dataclass

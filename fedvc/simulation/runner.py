@@ -36,7 +36,7 @@ from fedvc.errors import FedvcError
 from fedvc.merge.base import MergeStrategy
 from fedvc.objects import ObjectId
 from fedvc.participant import Participant, TrainResult
-from fedvc.repo import Repository, branch_ref
+from fedvc.repo import DEFAULT_BRANCH, Repository, branch_ref
 from fedvc.round import RoundConfig
 from fedvc.signing import PublicKey, SigningKey
 from fedvc.simulation.workers import (
@@ -208,7 +208,7 @@ class Simulation:
         self.trust = TrustStore(self.public_keys)
         self._clients = {str(key.key_id): k for k, key in enumerate(self.public_keys)}
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
-        if repo.refs.get_ref(branch_ref("main")) is not None:
+        if repo.refs.get_ref(branch_ref(DEFAULT_BRANCH)) is not None:
             raise SimulationError(
                 "the repository already has a main branch: a simulation starts in a fresh one"
             )
@@ -216,7 +216,7 @@ class Simulation:
         self.initial = repo.commit_params(
             workload.initial_params(seed),
             "initial model",
-            branch="main",
+            branch=DEFAULT_BRANCH,
             signer=self.server,
             metadata={"simulation": {"seed": seed, "clients": len(self.parts), **(metadata or {})}},
         )
@@ -224,7 +224,11 @@ class Simulation:
             pool = self._start_pool()
             for _ in range(workers):
                 pool.submit(ready)  # a process starts for each task submitted while none idles
-        self.initial_evaluation = workload.evaluate(repo.read_params(self.initial))
+        try:
+            self.initial_evaluation = workload.evaluate(repo.read_params(self.initial))
+        except BaseException:
+            self.close()  # no `with` block owns the workers yet
+            raise
 
     def __enter__(self) -> Simulation:
         return self

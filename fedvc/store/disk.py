@@ -24,7 +24,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import cast
 
-from fedvc.objects import Commit, ObjectId, ObjectKind, hash_object, object_header, split_object
+from fedvc.objects import (
+    Commit,
+    ObjectId,
+    ObjectKind,
+    hash_object,
+    is_object_id,
+    object_header,
+    split_object,
+)
 from fedvc.store.base import (
     CorruptObjectError,
     ObjectNotFoundError,
@@ -124,6 +132,13 @@ class DiskObjectStore:
         self._db = db
 
     def _path(self, oid: str) -> Path:
+        """Where object ``oid`` lives. Ids often come from untrusted metadata or the
+        network: anything but 64 hex digits could name a path outside ``objects/``
+        (``"..//dev/zero"``), so it is refused here, where every read and write passes."""
+        if not is_object_id(oid):
+            raise ObjectNotFoundError(
+                str(oid)[:80], "that is not an object id (64 lowercase hex digits)"
+            )
         return self._objects / oid[:2] / oid[2:]
 
     def put(
@@ -197,7 +212,7 @@ class DiskObjectStore:
             return data[:]
 
     def contains(self, oid: ObjectId) -> bool:
-        return self._path(oid).is_file()
+        return is_object_id(oid) and self._path(oid).is_file()
 
     def iter_ids(self) -> Iterator[ObjectId]:
         for fan in sorted(self._objects.iterdir()):

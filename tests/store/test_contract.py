@@ -184,6 +184,16 @@ def test_iter_ids_and_contains(backend: Backend) -> None:
     assert not backend.objects.contains(OTHER_ID)
 
 
+@pytest.mark.parametrize("bad", ["..//dev/zero", "../../etc/passwd", "", "AB" * 32, "ab" * 33])
+def test_an_id_that_is_not_64_hex_digits_names_no_object(backend: Backend, bad: str) -> None:
+    """Ids come from untrusted metadata and the network: none may reach outside the store."""
+    assert not backend.objects.contains(ObjectId(bad))
+    with pytest.raises(ObjectNotFoundError):
+        backend.objects.get(ObjectId(bad))
+    with pytest.raises(ObjectNotFoundError):
+        backend.objects.get_unverified(ObjectId(bad))
+
+
 def test_missing_object(backend: Backend) -> None:
     with pytest.raises(ObjectNotFoundError, match=OTHER_ID) as info:
         backend.objects.get(OTHER_ID)
