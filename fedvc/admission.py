@@ -85,7 +85,7 @@ def admit(
     params = read(update_snapshot)
     check_values("model", params)
     if fisher_snapshot is not None:
-        check_structure("Fisher", base_layout, snapshot_layout(fisher_snapshot))
+        check_structure("Fisher", base_layout, snapshot_layout(fisher_snapshot), fisher=True)
         check_values("Fisher", read(fisher_snapshot), fisher=True)
     if max_norm is not None:
         distance = param_distance(read(base_snapshot), params)
@@ -154,8 +154,13 @@ def params_layout(params: ParamMap) -> dict[str, tuple[str, tuple[int, ...]]]:
     return {name: (dtype_name(a.dtype), tuple(a.shape)) for name, a in params.items()}
 
 
-def check_structure(what: str, base: Layout, other: Layout) -> None:
-    """Raise ``UpdateRejected("structure")`` unless ``other`` has the base's tensors exactly."""
+def check_structure(what: str, base: Layout, other: Layout, *, fisher: bool = False) -> None:
+    """Raise ``UpdateRejected("structure")`` unless ``other`` has the base's tensors exactly.
+
+    A ``fisher`` has the base's names and shapes but may have another floating dtype
+    (``estimate_fisher`` writes float32 for every tensor, integer buffers included, as
+    the Fisher merge expects).
+    """
     missing = sorted(set(base) - set(other))
     extra = sorted(set(other) - set(base))
     if missing or extra:
@@ -166,6 +171,8 @@ def check_structure(what: str, base: Layout, other: Layout) -> None:
         )
     for name, (dtype, shape) in base.items():
         got_dtype, got_shape = other[name]
+        if fisher and got_shape == shape and got_dtype.startswith("float"):
+            continue
         if (got_dtype, got_shape) != (dtype, shape):
             raise UpdateRejected(
                 "structure",

@@ -41,6 +41,15 @@ CHUNK_SIZE = 1 << 20
 gRPC's default 4 MiB message limit so that neither end has to raise it."""
 MAX_MESSAGE_BYTES = 4 << 20
 """The largest message either end accepts (gRPC's default, stated so it cannot drift)."""
+MESSAGE_SIZE_OPTIONS = (
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+)
+"""Channel and server options that set ``MAX_MESSAGE_BYTES`` for both directions."""
+REASON_KEY = "fedvc-reason"
+"""Trailing metadata of a refused call: the rejection reason (one of REJECTION_REASONS)."""
+OBJECT_KEY = "fedvc-object"
+"""Trailing metadata of a refused call: the object id it is about, when there is one."""
 MAX_IDS_PER_MESSAGE = 10_000
 """Ids per ObjectIds message (about 660 KB): longer lists travel in several messages."""
 MAX_WAIT_SECONDS = 86_400.0

@@ -261,6 +261,18 @@ def test_a_fisher_round_requires_a_fisher() -> None:
     assert admitted.fisher is not None
 
 
+def test_a_fisher_may_have_another_floating_dtype_but_not_another_shape_or_kind() -> None:
+    """estimate_fisher writes float32 for every tensor (integer buffers too)."""
+    door = Door()
+    wide = {"w": np.ones((2, 3), np.float64), "b": np.ones(3, np.float64)}
+    assert door.admit(door.update(fisher=wide), require_fisher=True).admitted[-1].fisher
+    counts = {"w": np.ones((2, 3), np.int64), "b": np.ones(3, np.float32)}
+    words = _rejected(door, door.update(BOB, fisher=counts), "structure", require_fisher=True)
+    assert "Fisher tensor 'w'" in words
+    flat = {"w": np.ones(6, np.float32), "b": np.ones(3, np.float32)}
+    _rejected(door, door.update(BOB, fisher=flat), "structure", require_fisher=True)
+
+
 def test_merge_round_is_independent_of_arrival_order_and_describes_the_round() -> None:
     from fedvc.merge.base import Update
 

@@ -35,8 +35,9 @@ from fedvc.transport import Offer, Verdict, WireObject
 
 T = TypeVar("T")
 
-REASON_KEY = "fedvc-reason"
-OBJECT_KEY = "fedvc-object"
+
+class TlsFileError(FedvcError):
+    """A certificate or key file the client cannot read."""
 
 
 class LinkError(FedvcError):
@@ -89,10 +90,15 @@ class ClientTls:
         key_file: str | Path | None = None,
         cert_file: str | Path | None = None,
     ) -> ClientTls:
-        def read(path: str | Path | None) -> bytes | None:
-            return Path(path).read_bytes() if path else None
+        def read(path: str | Path, what: str) -> bytes:
+            try:
+                return Path(path).read_bytes()
+            except OSError as exc:
+                raise TlsFileError(f"cannot read the {what} {path}: {exc.strerror}") from None
 
-        return cls(Path(ca_file).read_bytes(), read(key_file), read(cert_file))
+        key = read(key_file, "client private key") if key_file else None
+        cert = read(cert_file, "client certificate") if cert_file else None
+        return cls(read(ca_file, "CA certificate"), key, cert)
 
     def credentials(self) -> Any:
         return grpc.ssl_channel_credentials(
@@ -133,8 +139,7 @@ class GrpcLink:
         self.last_put: wire.PutSummary | None = None
         reconnect_ms = int(self.backoff.maximum * 1000)
         channel_options = [
-            ("grpc.max_receive_message_length", wire.MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", wire.MAX_MESSAGE_BYTES),
+            *wire.MESSAGE_SIZE_OPTIONS,
             ("grpc.initial_reconnect_backoff_ms", int(self.backoff.initial * 1000)),
             ("grpc.min_reconnect_backoff_ms", int(self.backoff.initial * 1000)),
             ("grpc.max_reconnect_backoff_ms", reconnect_ms),
@@ -325,7 +330,7 @@ def _translate(method: str, error: Any) -> FedvcError:
     """A failed call as the error the in-process coordinator would have raised."""
     trailing = dict(error.trailing_metadata() or ())
     details = error.details() or ""
-    reason = trailing.get(REASON_KEY)
+    reason = trailing.get(wire.REASON_KEY)
     if error.code() == grpc.StatusCode.PERMISSION_DENIED and reason in REJECTION_REASONS:
         return UpdateRejected(reason, details)
-    return LinkError(method, error.code(), details, trailing.get(OBJECT_KEY))
+    return LinkError(method, error.code(), details, trailing.get(wire.OBJECT_KEY))

@@ -19,9 +19,10 @@ from fedvc_client.link import ClientTls, GrpcLink
 
 
 def load_task(spec: str, args: Mapping[str, Any] | None = None) -> Task:
-    """``package.module:name`` → a Task: ``name`` is a Task, or a factory called with ``args``."""
+    """``package.module:name`` → a Task: ``name`` is a Task, or a factory (a function or a
+    Task class) called with ``args``."""
     found = import_object(spec, "--task")
-    if hasattr(found, "train"):
+    if hasattr(found, "train") and not isinstance(found, type):
         if args:
             raise UserCodeError(
                 f"--task {spec!r} is a Task, not a function that builds one, so it takes no "

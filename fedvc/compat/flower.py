@@ -407,7 +407,7 @@ def _tensors(where: str, what: str, record: ArrayRecord, base: ParamMap) -> dict
     except (TensorError, TypeError, ValueError) as exc:
         raise UpdateRejected("structure", f"{where}: the {what} cannot be read: {exc}") from None
     try:
-        check_structure(what, params_layout(base), params_layout(params))
+        check_structure(what, params_layout(base), params_layout(params), fisher=what == "Fisher")
         check_values(what, params, fisher=what == "Fisher")
     except UpdateRejected as rejection:
         listed = all(n.isdigit() for n in params) and not any(n.isdigit() for n in base)

@@ -79,7 +79,11 @@ class FleetServer:
         )
         self.running = start_server(self.servicer, self.config.address, credentials=credentials)
         if self.config.metrics_port:
-            self.metrics.serve(self.config.metrics_port)
+            try:
+                self.metrics.serve(self.config.metrics_port)
+            except BaseException:
+                self.stop()
+                raise
         self._timer = threading.Thread(target=self._tick, name="fedvc-round-timer", daemon=True)
         self._timer.start()
         return self
@@ -88,13 +92,15 @@ class FleetServer:
         self, *, linger: float = LINGER_SECONDS, poll: Callable[[], None] | None = None
     ) -> None:
         """Block until every round is merged (then ``linger`` s more) or ``stop()``."""
-        while not self._stop.is_set() and not self.coordinator.finished:
-            self._stop.wait(TICK_SECONDS)
-            if poll is not None:
-                poll()
-        if not self._stop.is_set():
-            self._stop.wait(linger)
-        self.stop()
+        try:
+            while not self._stop.is_set() and not self.coordinator.finished:
+                self._stop.wait(TICK_SECONDS)
+                if poll is not None:
+                    poll()
+            if not self._stop.is_set():
+                self._stop.wait(linger)
+        finally:
+            self.stop()
 
     def interrupt(self) -> None:
         """Ask ``wait()`` to stop the server (safe from a signal handler)."""
@@ -106,6 +112,7 @@ class FleetServer:
             self._timer.join()
         if self.running is not None:
             self.running.stop()
+        self.metrics.close()
         self.coordinator.repo.close()
 
     def _tick(self) -> None:

@@ -15,7 +15,6 @@ from fedvc.errors import FedvcError
 from fedvc.merge.base import MergeStrategy
 from fedvc.merge.registry import make
 from fedvc.repo import Repository, branch_ref
-from fedvc.round import RoundConfig
 from fedvc.signing import SigningKey
 from fedvc.store.disk import is_store_dir
 from fedvc.tensor_files import load_params
@@ -95,19 +94,11 @@ def build_coordinator(
                 "package.module:function that builds one, or a commit in the repository"
             )
         start_main(repo, config.initial, signer)
-    round_config = RoundConfig(
-        min_clients=config.min_clients,
-        max_clients=config.max_clients,
-        fraction=config.fraction,
-        deadline_seconds=config.deadline_seconds,
-        max_norm=config.max_norm,
-        train=dict(config.train),
-    )
     return Coordinator(
         repo,
         strategy,
         trust=trust,
         signer=signer,
-        config=CoordinatorConfig(rounds=config.rounds, round=round_config),
+        config=CoordinatorConfig(rounds=config.rounds, round=config.round),
         observer=observer,
     )

@@ -35,7 +35,6 @@ client_ca = "tls/ca.pem"
 
 from __future__ import annotations
 
-import math
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -43,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from fedvc.errors import FedvcError
+from fedvc.round import RoundConfig, RoundError
 
 SECTIONS: dict[str, dict[str, tuple[type, ...]]] = {
     "server": {
@@ -88,14 +88,11 @@ class ServerConfig:
     metrics_port: int = 9100
     initial: str | None = None
     rounds: int = 10
-    min_clients: int = 1
-    max_clients: int = 1_000_000
-    fraction: float = 1.0
-    deadline_seconds: float = 600.0
+    round: RoundConfig = field(default_factory=RoundConfig)
+    """Round sizing, deadline, the norm bound and the training settings sent to clients:
+    ``[rounds]``, ``[updates]`` and ``[train]``, checked by ``RoundConfig`` itself."""
     strategy: str = "fedavg"
     strategy_params: Mapping[str, Any] = field(default_factory=dict)
-    max_norm: float | None = None
-    train: Mapping[str, Any] = field(default_factory=dict)
     tls: TlsConfig | None = None
 
 
@@ -133,20 +130,9 @@ def parse_config(raw: Mapping[str, Any], *, base: Path, source: str = "config") 
         ),
         initial=_initial(raw.get("model", {}).get("initial"), base),
         rounds=_int_in(rounds.get("count", 10), 1, 10**9, "[rounds] count", source),
-        min_clients=_int_in(rounds.get("min_clients", 1), 1, 10**9, "[rounds] min_clients", source),
-        max_clients=_int_in(
-            rounds.get("max_clients", 1_000_000), 1, 10**9, "[rounds] max_clients", source
-        ),
-        fraction=_positive(rounds.get("fraction", 1.0), "[rounds] fraction", source),
-        deadline_seconds=_positive(
-            rounds.get("deadline_seconds", 600.0), "[rounds] deadline_seconds", source
-        ),
+        round=_round_config(rounds, updates, raw.get("train", {}), source),
         strategy=strategy.get("name", "fedavg"),
         strategy_params=dict(strategy.get("params", {})),
-        max_norm=_positive(updates["max_norm"], "[updates] max_norm", source)
-        if "max_norm" in updates
-        else None,
-        train=dict(raw.get("train", {})),
         tls=_tls(tls, base, source) if tls is not None else None,
     )
 
@@ -208,10 +194,19 @@ def _int_in(value: int, low: int, high: int, key: str, source: str) -> int:
     return value
 
 
-def _positive(value: float, key: str, source: str) -> float:
-    if not (math.isfinite(value) and value > 0):
-        raise ConfigError(f"{source}: {key} must be a positive number, got {value!r}")
-    return float(value)
+def _round_config(
+    rounds: Mapping[str, Any],
+    updates: Mapping[str, Any],
+    train: Mapping[str, Any],
+    source: str,
+) -> RoundConfig:
+    """``[rounds]`` (all but count), ``[updates]`` and ``[train]`` as the coordinator's
+    ``RoundConfig``, whose own checks apply; its defaults are the file's."""
+    settings = {k: v for k, v in rounds.items() if k != "count"}
+    try:
+        return RoundConfig(**settings, **updates, train=dict(train))
+    except RoundError as exc:
+        raise ConfigError(f"{source}: [rounds] or [updates]: {exc}") from None
 
 
 def _tls(raw: Mapping[str, str], base: Path, source: str) -> TlsConfig:

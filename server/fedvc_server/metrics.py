@@ -9,14 +9,20 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from fedvc.coordinator import RoundReport
+from fedvc.errors import FedvcError
 from fedvc.round import REJECTION_REASONS, Admitted
 
 CONNECTED_WINDOW_SECONDS = 60.0
 """A client counts as connected when it called the server within this many seconds."""
+
+
+class MetricsError(FedvcError):
+    """The metrics endpoint cannot be served."""
 
 
 class FleetMetrics:
@@ -27,6 +33,7 @@ class FleetMetrics:
         self._clock = clock
         self._seen: dict[str, float] = {}
         self._lock = threading.Lock()
+        self._http: Any = None  # the /metrics server, once serve() started it
         r = self.registry
         self.rounds_completed = Counter(
             "fedvc_rounds_completed", "Rounds closed with a merge commit on main", registry=r
@@ -101,5 +108,18 @@ class FleetMetrics:
             return len(self._seen)
 
     def serve(self, port: int, address: str = "0.0.0.0") -> None:
-        """Expose ``/metrics`` on ``port`` (a daemon thread)."""
-        start_http_server(port, addr=address, registry=self.registry)
+        """Expose ``/metrics`` on ``port`` (a daemon thread) until ``close()``."""
+        try:
+            self._http, _ = start_http_server(port, addr=address, registry=self.registry)
+        except OSError as exc:
+            raise MetricsError(
+                f"cannot serve /metrics on {address}:{port}: {exc.strerror or exc}; set "
+                "[server] metrics_port to a free port, or 0 for no metrics"
+            ) from None
+
+    def close(self) -> None:
+        """Stop serving ``/metrics``."""
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+            self._http = None

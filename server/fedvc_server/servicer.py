@@ -52,9 +52,6 @@ ByteCallback = Callable[[str, int], None]
 """``on_bytes(direction, n)``: ``direction`` is "in" (received) or "out" (sent), ``n`` the
 serialized message bytes; ``FleetMetrics.count_bytes`` has this shape."""
 
-REASON_KEY = "fedvc-reason"
-OBJECT_KEY = "fedvc-object"
-
 
 def status_of(error: FedvcError) -> Any:
     """The gRPC status code that tells a client what kind of failure ``error`` is."""
@@ -185,11 +182,11 @@ class FleetServicer:
             metadata = []
             details = str(error)
             if isinstance(error, UpdateRejected):
-                metadata.append((REASON_KEY, error.reason))
+                metadata.append((wire.REASON_KEY, error.reason))
                 details = error.detail
             oid = getattr(error, "oid", None)
             if isinstance(oid, str) and oid.isascii():
-                metadata.append((OBJECT_KEY, oid))
+                metadata.append((wire.OBJECT_KEY, oid))
             log.info("%s from %s failed: %s: %s", method, context.peer(), code.name, details)
             context.set_trailing_metadata(tuple(metadata))
             context.abort(code, details)
@@ -260,9 +257,15 @@ class RunningServer:
 
 
 SERVER_OPTIONS = (
-    ("grpc.max_receive_message_length", wire.MAX_MESSAGE_BYTES),
-    ("grpc.max_send_message_length", wire.MAX_MESSAGE_BYTES),
+    *wire.MESSAGE_SIZE_OPTIONS,
+    # gRPC lets a second server bind a port another already serves (SO_REUSEPORT), and
+    # the two then split the fleet's calls between two histories: refuse it instead
+    ("grpc.so_reuseport", 0),
 )
+
+
+class ListenError(FedvcError):
+    """An address the server cannot listen on."""
 
 
 def start_server(
@@ -281,12 +284,18 @@ def start_server(
     server.add_generic_rpc_handlers((servicer.handler(),))
     checks = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(checks, server)
-    if credentials is None:
-        port = server.add_insecure_port(address)
-    else:
-        port = server.add_secure_port(address, credentials)
+    try:  # grpcio raises RuntimeError for an address it cannot bind, older ones return 0
+        if credentials is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, credentials)
+    except RuntimeError:
+        port = 0
     if port == 0:
-        raise OSError(f"cannot listen on {address}: the address is taken or invalid")
+        raise ListenError(
+            f"cannot listen on {address}: the port is taken or the address is not this "
+            "machine's; stop what holds it or set [server] address to another HOST:PORT"
+        )
     server.start()
     for service in ("", wire.SERVICE):
         checks.set(service, health_pb2.HealthCheckResponse.SERVING)

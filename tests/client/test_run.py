@@ -32,6 +32,8 @@ def test_a_factory_is_called_with_the_task_arguments() -> None:
     task = load_task(f"{__name__}:make", {"factor": 2.5})
     assert isinstance(task, Scaled) and task.factor == 2.5
     assert load_task(f"{__name__}:READY") is READY
+    built = load_task(f"{__name__}:Scaled", {"factor": 4.0})  # a Task class is a factory
+    assert isinstance(built, Scaled) and built.factor == 4.0
 
 
 @pytest.mark.parametrize(

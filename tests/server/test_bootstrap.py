@@ -10,6 +10,7 @@ from fedvc_server.bootstrap import build_coordinator
 from fedvc_server.config import ConfigError, ServerConfig
 
 from fedvc.repo import Repository
+from fedvc.round import RoundConfig
 from fedvc.signing import KeyFileError, SigningKey
 from fedvc.tensor_files import save_params
 
@@ -33,7 +34,7 @@ def setup(tmp_path: Path, **changes: object) -> ServerConfig:
         "trusted_keys": (tmp_path / "clients",),
         "initial": str(tmp_path / "model.npz"),
         "rounds": 3,
-        "min_clients": 2,
+        "round": RoundConfig(min_clients=2),
     }
     fields.update(changes)
     return ServerConfig(**fields)  # type: ignore[arg-type]

@@ -44,9 +44,13 @@ def test_a_good_file_parses_with_paths_relative_to_it(tmp_path: Path) -> None:
     assert config.repository == tmp_path / "repo"
     assert config.trusted_keys == (tmp_path / "keys" / "clients",)
     assert (config.address, config.metrics_port, config.rounds) == ("127.0.0.1:6000", 0, 3)
-    assert (config.min_clients, config.max_clients, config.fraction) == (2, 4, 0.5)
+    assert (config.round.min_clients, config.round.max_clients, config.round.fraction) == (
+        2,
+        4,
+        0.5,
+    )
     assert config.strategy == "trimmed_mean" and config.strategy_params == {"beta": 0.2}
-    assert config.max_norm == 10.0 and config.train == {"epochs": 2, "lr": 0.1}
+    assert config.round.max_norm == 10.0 and config.round.train == {"epochs": 2, "lr": 0.1}
     assert config.initial == str(tmp_path / "model.safetensors") and config.tls is None
 
 
@@ -57,7 +61,7 @@ def test_defaults_for_what_is_left_out(tmp_path: Path) -> None:
         )
     )
     assert config.trusted_keys == (tmp_path / "a.pub", tmp_path / "b.pub")
-    assert config.strategy == "fedavg" and config.max_norm is None and config.rounds == 10
+    assert config.strategy == "fedavg" and config.round.max_norm is None and config.rounds == 10
 
 
 @pytest.mark.parametrize(
@@ -66,7 +70,10 @@ def test_defaults_for_what_is_left_out(tmp_path: Path) -> None:
         (("[updates]", "[update]"), "unknown section [update]"),
         (("count = 3", 'count = "3"'), "[rounds] count must be int, got '3'"),
         (("count = 3", "count = 0"), "[rounds] count must be between 1"),
-        (("fraction = 0.5", "fraction = -1.0"), "[rounds] fraction must be a positive"),
+        (("fraction = 0.5", "fraction = -1.0"), "fraction must be in (0, 1], got -1.0"),
+        (("fraction = 0.5", "fraction = 1.5"), "fraction must be in (0, 1], got 1.5"),
+        (("min_clients = 2", "min_clients = 9"), "1 ≤ min ≤ max, got min=9, max=4"),
+        (("max_norm = 10", "max_norm = -1"), "max_norm must be a positive number"),
         (("metrics_port = 0", "metrics_port = 70000"), "metrics_port must be between 0"),
         (('address = "127.0.0.1:6000"', 'address = "nowhere"'), "HOST:PORT"),
         (('key = "keys/server.key"', ""), "[server] key is required"),

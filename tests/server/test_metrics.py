@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import urllib.request
+from pathlib import Path
 
-from fedvc_server.metrics import FleetMetrics
+import pytest
+from fedvc_client.link import ClientTls, TlsFileError
+from fedvc_server.metrics import FleetMetrics, MetricsError
 from prometheus_client import generate_latest
 
 from fedvc.coordinator import RoundReport
@@ -61,3 +64,25 @@ def test_metrics_are_served_over_http() -> None:
     metrics.serve(port, "127.0.0.1")
     body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     assert 'fedvc_updates_rejected_total{reason="structure"} 1.0' in body
+    with pytest.raises(MetricsError, match=f"cannot serve /metrics on 127.0.0.1:{port}"):
+        FleetMetrics().serve(port, "127.0.0.1")  # taken: a clear error, not a traceback
+    metrics.close()
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5)
+
+
+def test_a_taken_grpc_port_is_a_clear_error() -> None:
+    from fedvc_server.servicer import FleetServicer, ListenError, start_server
+
+    servicer = FleetServicer(None)  # type: ignore[arg-type]  # never called
+    first = start_server(servicer)
+    try:
+        with pytest.raises(ListenError, match=f"cannot listen on 127.0.0.1:{first.port}"):
+            start_server(servicer, f"127.0.0.1:{first.port}")
+    finally:
+        first.stop(0)
+
+
+def test_an_unreadable_client_tls_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(TlsFileError, match="cannot read the CA certificate"):
+        ClientTls.from_files(tmp_path / "missing-ca.pem")
