@@ -35,6 +35,7 @@ def admit(
     base_snapshot: Snapshot,
     update_snapshot: Snapshot,
     read: Callable[[Snapshot], ParamMap],
+    base_params: Callable[[ObjectId], ParamMap],
     fisher_snapshot: Snapshot | None,
     require_fisher: bool = False,
     max_norm: float | None = None,
@@ -44,7 +45,8 @@ def admit(
     Raises ``UpdateRejected`` naming the first check that failed. The checks run cheapest
     first, and no tensor is read before the commit's identity, round and base are right.
     ``seen(commit_id)`` says whether the commit was admitted before (replay protection
-    across rounds); ``read`` loads a snapshot's tensors (memory-mapped from the store).
+    across rounds); ``read`` loads a snapshot's tensors (memory-mapped from the store);
+    ``base_params(base)`` gives the base model, which callers read once per round.
     """
     key = _signer(commit, trust)
     if seen(commit_id) or any(a.commit == commit_id for a in state.admitted):
@@ -88,7 +90,7 @@ def admit(
         check_structure("Fisher", base_layout, snapshot_layout(fisher_snapshot), fisher=True)
         check_values("Fisher", read(fisher_snapshot), fisher=True)
     if max_norm is not None:
-        distance = param_distance(read(base_snapshot), params)
+        distance = param_distance(base_params(state.base), params)
         if not distance <= max_norm:
             raise UpdateRejected(
                 "norm",

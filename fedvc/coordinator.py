@@ -19,11 +19,9 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import numpy as np
-
 from fedvc.admission import admit
 from fedvc.merge.base import MergeStrategy, StrategySpec
-from fedvc.objects import Commit, ObjectId, Snapshot
+from fedvc.objects import Commit, ObjectId
 from fedvc.repo import Repository, RevisionError, branch_ref
 from fedvc.round import (
     ROUND_KEY,
@@ -43,6 +41,7 @@ from fedvc.round import (
 from fedvc.round_store import admitted_update, record_merge, starting_state
 from fedvc.signing import KeyId, PublicKey, SigningError, SigningKey
 from fedvc.store.base import ObjectNotFoundError, StoreError
+from fedvc.tensors import ParamMap
 from fedvc.transport import Finished, Offer, RoundOffer, Verdict, Wait, WireObject
 from fedvc.trust import TrustStore
 
@@ -178,6 +177,7 @@ class Coordinator:
         self._lock = threading.RLock()
         self._fisher = uses_fisher(strategy.spec)
         self._admitted_ever: set[ObjectId] = set()
+        self._base_cache: tuple[ObjectId, ParamMap] | None = None
         self._closing = False
         tip = repo.refs.get_ref(branch_ref(config.branch))
         if tip is None:
@@ -343,7 +343,8 @@ class Coordinator:
                 seen=self._admitted_ever.__contains__,
                 base_snapshot=base,
                 update_snapshot=snapshot,
-                read=self._read,
+                read=self.repo.snapshot_params,
+                base_params=self._base_params,
                 fisher_snapshot=fisher,
                 require_fisher=self._fisher,
                 max_norm=self.config.round.max_norm,
@@ -351,8 +352,13 @@ class Coordinator:
         except (ObjectNotFoundError, StoreError) as exc:
             raise UpdateRejected("missing_objects", f"commit {commit_id}: {exc}") from None
 
-    def _read(self, snapshot: Snapshot) -> dict[str, np.ndarray]:
-        return {name: self.repo.read_tensor(entry) for name, entry in snapshot.tensors.items()}
+    def _base_params(self, base: ObjectId) -> ParamMap:
+        """The round's base model, read (and hash-checked) once per round rather than
+        once per submission and again at the merge."""
+        cached = self._base_cache
+        if cached is None or cached[0] != base:
+            cached = self._base_cache = (base, self.repo.read_params(base))
+        return cached[1]
 
     def _refuse(
         self, state: RoundState | None, commit: ObjectId, author: str, error: UpdateRejected
@@ -367,7 +373,7 @@ class Coordinator:
         """Merge ``state``'s updates and record the round (outside the lock: ``_closing``
         keeps every other thread from admitting to, or closing, this round meanwhile)."""
         started = time.perf_counter()
-        base = self.repo.read_snapshot(self.repo.get_commit(state.base).snapshot)
+        base = self._base_params(state.base)
         updates = [admitted_update(self.repo, a) for a in state.admitted]
         result = merge_round(
             state, base, updates, self.strategy, self._strategy_state, closed_at=now
@@ -397,6 +403,7 @@ class Coordinator:
         with self._lock:
             self._strategy_state = result.strategy_state
             self._state = None
+            self._base_cache = None  # the next round has another base
             if state.number < self.config.rounds:
                 self._state = open_round(
                     state.number + 1, oid, self.config.round, self.fleet_size, self.clock()

@@ -322,12 +322,13 @@ def distance(a: ParamMap, b: ParamMap, *, chunk_elements: int | None = None) -> 
     """
     size = _chunk_size(chunk_elements)
     total = 0.0
-    for name in sorted(a):
-        if a[name].dtype.kind != "f":
-            continue
-        for left, right in zip(_chunks(a[name], size), _chunks(b[name], size), strict=True):
-            step = right.astype(np.float64) - left
-            total += float(np.dot(step, step))
+    with np.errstate(invalid="ignore", over="ignore"):  # NaN or inf: the result says so
+        for name in sorted(a):
+            if a[name].dtype.kind != "f":
+                continue
+            for left, right in zip(_chunks(a[name], size), _chunks(b[name], size), strict=True):
+                step = right.astype(np.float64) - left
+                total += float(np.dot(step, step))
     return math.sqrt(total)
 
 

@@ -62,9 +62,15 @@ def object_header(kind: ObjectKind, size: int) -> bytes:
     return f"{kind} {size}\x00".encode("ascii")
 
 
+def object_hasher(kind: ObjectKind, size: int) -> hashlib._Hash:
+    """A SHA-256 that has taken the header of a ``size``-byte object: feed it the payload,
+    in one piece or as it arrives, and its hex digest is the object's id."""
+    return hashlib.sha256(object_header(kind, size))
+
+
 def hash_object(kind: ObjectKind, payload: bytes | memoryview) -> ObjectId:
     """The id of an object, hashed without concatenating header and payload."""
-    digest = hashlib.sha256(object_header(kind, len(payload)))
+    digest = object_hasher(kind, len(payload))
     digest.update(payload)
     return ObjectId(digest.hexdigest())
 

@@ -259,8 +259,11 @@ class Repository:
             raise CorruptObjectError(entry.blob, str(exc)) from None
 
     def read_snapshot(self, snapshot: ObjectId) -> dict[str, np.ndarray]:
-        entries = self.get_snapshot(snapshot).tensors
-        return {name: self.read_tensor(entry) for name, entry in entries.items()}
+        return self.snapshot_params(self.get_snapshot(snapshot))
+
+    def snapshot_params(self, snapshot: Snapshot) -> dict[str, np.ndarray]:
+        """The tensors of a snapshot already read, as ``read_snapshot`` gives them."""
+        return {name: self.read_tensor(entry) for name, entry in snapshot.tensors.items()}
 
     def read_params(self, rev: str = "HEAD") -> dict[str, np.ndarray]:
         """The model at ``rev`` as tensor name → read-only array (zero-copy)."""

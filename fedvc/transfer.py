@@ -21,7 +21,7 @@ import mmap
 from collections.abc import Iterable, Iterator
 from typing import cast
 
-from fedvc.objects import OBJECT_KINDS, ObjectId, ObjectKind, object_header
+from fedvc.objects import OBJECT_KINDS, ObjectId, ObjectKind, object_hasher
 from fedvc.store.base import CorruptObjectError
 from fedvc.transport import WireObject
 from fedvc.wire import Chunk, WireError, decode_chunk, fail, object_id
@@ -103,7 +103,7 @@ class ObjectAssembler:
             raise fail(f"first chunk of object {oid}", "offset 0", chunk.offset)
         self._oid, self._kind = oid, cast(ObjectKind, chunk.kind)
         self._size, self._received = chunk.total_size, 0
-        self._hash = hashlib.sha256(object_header(self._kind, self._size))
+        self._hash = object_hasher(self._kind, self._size)
         if len(chunk.data) == self._size:
             self._buffer = None  # the whole object in one chunk: no buffer, no copy
             return

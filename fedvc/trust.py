@@ -75,11 +75,11 @@ class TrustStore:
         return iter(sorted(self._keys, key=lambda key: (key.key_id, key.raw)))
 
     def __repr__(self) -> str:
-        return f"TrustStore(key_ids={sorted(self._key_ids | self._extra_ids)!r})"
+        return f"TrustStore(key_ids={sorted(self.key_ids())!r})"
 
     def key_ids(self) -> frozenset[KeyId]:
-        """The key ids of all trusted keys."""
-        return self._key_ids
+        """The ids of all trusted keys, the keys trusted by id alone included."""
+        return self._key_ids | self._extra_ids
 
     def trusts_key_id(self, key_id: str) -> bool:
         """True iff a trusted key (or a key id trusted as such) has this id."""

@@ -514,3 +514,4 @@ def test_trust_store_trusts_keys_and_bare_key_ids() -> None:
     assert store.trusts(a) and store.trusts(b) and not store.trusts(c)
     assert store.trusts_key_id(b.key_id) and not store.trusts_key_id(c.key_id)
     assert store.with_key(c).trusts(b) and store.with_key(c).trusts(c)
+    assert store.key_ids() == frozenset({a.key_id, b.key_id})  # a coordinator's fleet size

@@ -59,6 +59,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from fedvc.diff import distance
 from fedvc.merge.base import (
     MergeError,
     MergeStrategy,
@@ -301,21 +302,6 @@ def multikrum(f: int = 1, m: int | None = None) -> MergeStrategy:
     return MergeStrategy(spec, stateless, merge)
 
 
-def _delta_norm(base: ParamMap, params: ParamMap) -> float:
-    """‖params - base‖ over the floating tensors, in float64 and name order."""
-    total = 0.0
-    with np.errstate(invalid="ignore", over="ignore"):
-        for key in sorted(base):
-            if not _floating(base[key].dtype):
-                continue
-            origin, moved = _flat(base[key]), _flat(params[key])
-            for start in range(0, origin.size, CHUNK):
-                stop = min(start + CHUNK, origin.size)
-                step = moved[start:stop].astype(np.float64) - origin[start:stop]
-                total += float(np.dot(step, step))
-    return math.sqrt(total)
-
-
 def clip_by_norm(max_norm: float) -> UpdateTransform:
     """Shrink each update's delta ``params - base`` to a global L2 norm of at most
     ``max_norm`` (Sun et al. 2019).
@@ -338,7 +324,7 @@ def clip_by_norm(max_norm: float) -> UpdateTransform:
                 "base (or drop clip_by_norm from the chain)"
             )
         check_same_structure(base, [update])
-        length = _delta_norm(base, update.params)
+        length = distance(base, update.params)
         if not math.isfinite(length):
             raise MergeError(
                 f"update {update.client!r}: its delta has NaN or infinite entries, so "

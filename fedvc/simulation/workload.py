@@ -14,7 +14,6 @@ boundary cheaply and reproducibly, a model and a data set would have to be pickl
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -24,6 +23,7 @@ import numpy as np
 from fedvc.errors import FedvcError
 from fedvc.participant import Task
 from fedvc.tensors import ParamMap
+from fedvc.user_code import UserCodeError, import_object
 
 ALIASES: Mapping[str, str] = {
     "digits": "fedvc_client.workloads:digits",
@@ -90,27 +90,17 @@ class WorkloadSpec:
 
     def build(self) -> Workload:
         """Import the factory, call it with ``params``, and check what it returned."""
-        module_name, sep, attribute = self.target.partition(":")
-        if not sep or not module_name or not attribute:
-            raise WorkloadError(
-                f"workload {self.factory!r} must be package.module:function or one of "
-                f"{', '.join(sorted(ALIASES))}"
-            )
         try:
-            factory = getattr(importlib.import_module(module_name), attribute)
-        except ImportError as exc:
+            factory = import_object(self.target, f"workload {self.factory!r}")
+        except UserCodeError as exc:
             hint = (
                 " (install the client: pip install -e ./client)"
                 if "fedvc_client" in str(exc)
                 else ""
             )
-            raise WorkloadError(
-                f"workload {self.factory!r}: cannot import {module_name}: {exc}{hint}"
-            ) from exc
-        except AttributeError:
-            raise WorkloadError(
-                f"workload {self.factory!r}: module {module_name} has no {attribute!r}"
-            ) from None
+            if ":" not in self.target:
+                hint = f" (or one of {', '.join(sorted(ALIASES))})"
+            raise WorkloadError(f"{exc}{hint}") from exc
         try:
             workload = factory(**dict(self.params))
         except (TypeError, ValueError) as exc:

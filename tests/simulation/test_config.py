@@ -130,3 +130,19 @@ def test_the_readme_example_is_a_valid_experiment() -> None:
     assert len(blocks) == 1
     config = parse_config(tomllib.loads(blocks[0].split("```")[0]), "README.md")
     assert config.strategies[0].branch == "fedprox" and config.train["epochs"] == 5
+
+
+@pytest.mark.parametrize(
+    "factory, words",
+    [
+        ("digitz", "or one of digits, stdlib-chars"),
+        ("no_such_package.module:build", "cannot import module 'no_such_package.module'"),
+        ("fedvc.simulation.workload:nothing", "has no attribute 'nothing'"),
+    ],
+)
+def test_a_workload_that_cannot_be_found_is_named(factory: str, words: str) -> None:
+    from fedvc.simulation.workload import WorkloadError, WorkloadSpec
+
+    with pytest.raises(WorkloadError) as caught:
+        WorkloadSpec(factory).build()
+    assert words in str(caught.value) and repr(factory) in str(caught.value)
