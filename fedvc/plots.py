@@ -120,6 +120,12 @@ def plot_partition(
     counts = np.asarray(table, dtype=np.float64)
     if counts.ndim != 2 or counts.size == 0:
         raise ValueError(f"a partition table is a non-empty 2-D array, got shape {counts.shape}")
+    for what, given, wanted in (
+        ("classes", classes, counts.shape[1]),
+        ("clients", clients, counts.shape[0]),
+    ):
+        if given is not None and len(given) != wanted:
+            raise ValueError(f"{what} needs {wanted} labels for this table, got {len(given)}")
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     rows, columns = counts.shape
@@ -134,10 +140,12 @@ def plot_partition(
     image = axes.imshow(shares, aspect="auto", cmap="viridis", interpolation="nearest", vmin=0)
     figure.colorbar(image, ax=axes, label="share of the client's examples")
     if columns <= 40:
-        names = [str(c) for c in classes] if classes else [str(i) for i in range(columns)]
+        names = (
+            [str(c) for c in classes] if classes is not None else [str(i) for i in range(columns)]
+        )
         axes.set_xticks(range(columns), names, fontsize="small")
     if rows <= 50:
-        labels = list(clients) if clients else [str(i) for i in range(rows)]
+        labels = [str(c) for c in clients] if clients is not None else [str(i) for i in range(rows)]
         axes.set_yticks(range(rows), labels, fontsize="small")
     axes.set_xlabel("class")
     axes.set_ylabel("client")

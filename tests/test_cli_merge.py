@@ -343,3 +343,24 @@ def test_weight_aligned_merge_measures_interference_after_alignment(
         capsys, "merge", "--base", "base.safetensors", *inputs, "-o", "n.safetensors"
     )
     assert float(out.split("mean cosine ")[1].split()[0]) < 0.5
+
+
+def test_one_model_given_twice_is_a_usage_error(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, _, updates = round_repo(workdir)
+    code, _, err = run(capsys, "merge", "--base", "main", updates[0], updates[0], "-o", "m.npz")
+    assert code == 2 and "is the same model as" in err and "--weights" in err
+    assert not (workdir / "m.npz").exists()
+
+
+def test_a_data_loader_that_returns_no_pair_is_a_usage_error(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (workdir / "badloader.py").write_text("def data():\n    return [1, 2, 3]\n")
+    save_params(mlp(1), workdir / "a.npz")
+    save_params(mlp(2), workdir / "b.npz")
+    code, _, err = run(
+        capsys, "barrier", "a.npz", "b.npz", "--model", "usertask:model", "--data", "badloader:data"
+    )
+    assert code == 2 and "must return (inputs, targets), got list" in err

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ from fedvc.errors import FedvcError
 from fedvc.objects import ObjectId
 from fedvc.repo import Repository
 from fedvc.tensor_files import load_params
+from fedvc.user_code import import_object
 
 MODEL_SUFFIXES = (".safetensors", ".npz")
 
@@ -83,3 +84,17 @@ def read_spec(path: str | None) -> PermutationSpec | None:
         return PermutationSpec.from_json(Path(path).read_text())
     except OSError as exc:
         raise UsageError(f"--spec {path}: cannot read it: {exc}") from None
+
+
+def model_and_data(args: argparse.Namespace) -> tuple[Callable[[], Any], np.ndarray, Any]:
+    """``--model MODULE:FACTORY`` and ``--data MODULE:LOADER``: the factory, and the
+    loader's ``(inputs, targets)``, checked to be that pair."""
+    factory = import_object(args.model, "--model")
+    if not callable(factory):
+        raise UsageError(f"--model {args.model!r} is a {type(factory).__name__}, not a factory")
+    loaded = import_object(args.data, "--data")()
+    if not (isinstance(loaded, tuple) and len(loaded) == 2):
+        raise UsageError(
+            f"--data {args.data!r} must return (inputs, targets), got {type(loaded).__name__}"
+        )
+    return factory, np.asarray(loaded[0]), loaded[1]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from fedvc.cli.common import (
     is_model_file,
     load_model,
     maybe_repo,
+    model_and_data,
     parse_assignments,
     read_spec,
 )
@@ -43,7 +44,6 @@ from fedvc.repo import Repository, branch_ref
 from fedvc.signing import SigningKey
 from fedvc.tensor_files import load_params, save_params
 from fedvc.tensors import ParamMap
-from fedvc.user_code import import_object
 
 
 def _client_id(repo: Repository | None, spec: str) -> str:
@@ -96,13 +96,17 @@ def _activation_aligned(
         raise UsageError(
             "--align activation runs the model: give --model MODULE:FACTORY and --data MODULE:LOADER"
         )
-    factory: Callable[[], Any] = import_object(args.model, "--model")
-    inputs, _ = import_object(args.data, "--data")()
+    factory, inputs, _ = model_and_data(args)
     symmetry = spec or infer_spec(base if base is not None else updates[0].params)
-    layers = {
-        perm: next(name.rsplit(".", 1)[0] for name, axis in axes if axis == 0)
-        for perm, axes in symmetry.perm_to_axes.items()
-    }
+    layers = {}
+    for perm, axes in symmetry.perm_to_axes.items():
+        carriers = [name.rsplit(".", 1)[0] for name, axis in axes if axis == 0]
+        if not carriers:
+            raise UsageError(
+                f"--align activation hooks permutation {perm!r} on the module whose weight "
+                "carries it on axis 0, but no tensor of the spec does: align by weight instead"
+            )
+        layers[perm] = carriers[0]
     if base is None:
         together = merge_many(
             symmetry, [u.params for u in updates], weights=[u.weight for u in updates]
@@ -134,10 +138,18 @@ def cmd_merge(args: argparse.Namespace) -> int:
             f"--fisher given {len(args.fisher)} times for {len(args.inputs)} inputs: one per INPUT"
         )
     fishers: list[dict[str, np.ndarray] | None] = [load_params(Path(f)) for f in args.fisher]
+    models = [load_model(repo, spec)[0] for spec in args.inputs]
+    clients = [_client_id(repo, spec) for spec in args.inputs]
+    for i, client in enumerate(clients):
+        if client in clients[:i]:
+            raise UsageError(
+                f"INPUT {args.inputs[i]!r} is the same model as {args.inputs[clients.index(client)]!r}:"
+                " give each model once, and --weights to make one count more"
+            )
     updates = [
-        Update(load_model(repo, spec)[0], weight=w, client=_client_id(repo, spec), fisher=f)
-        for spec, w, f in zip(
-            args.inputs, weights, fishers or [None] * len(args.inputs), strict=True
+        Update(model, weight=w, client=client, fisher=f)
+        for model, client, w, f in zip(
+            models, clients, weights, fishers or [None] * len(args.inputs), strict=True
         )
     ]
     spec = read_spec(args.spec)
@@ -209,8 +221,7 @@ def _record(
 def cmd_barrier(args: argparse.Namespace) -> int:
     repo = maybe_repo(args)
     a, b = load_model(repo, args.a)[0], load_model(repo, args.b)[0]
-    factory: Callable[[], Any] = import_object(args.model, "--model")
-    inputs, targets = import_object(args.data, "--data")()
+    factory, inputs, targets = model_and_data(args)
     module = factory()
     from fedvc import torch_io  # torch loads only for the commands that run a model
 

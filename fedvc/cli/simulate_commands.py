@@ -170,7 +170,6 @@ def write_outputs(result: ExperimentResult, out: Path, *, figures: bool = True) 
         r.label: [(x.round, x.loss) for x in r.rounds if x.loss is not None] for r in result.runs
     }
     name = result.config.name
-    clients = result.groups if result.groups is not None else None
     return [
         results,
         plots.plot_rounds(
@@ -181,7 +180,7 @@ def write_outputs(result: ExperimentResult, out: Path, *, figures: bool = True) 
             result.table,
             out / "partition.png",
             classes=result.classes,
-            clients=clients,
+            clients=result.groups,
             title=f"{name}: examples per client and class",
         ),
     ]

@@ -36,8 +36,6 @@ References:
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from fedvc.merge.base import (
@@ -46,6 +44,7 @@ from fedvc.merge.base import (
     State,
     StrategySpec,
     Update,
+    finite_number,
     require_weight,
     stateless,
     streaming_strategy,
@@ -201,15 +200,7 @@ def fisher(epsilon: float = 1e-8) -> MergeStrategy:
     ``epsilon`` (> 0) is the Fisher floor that makes coordinates no client's Fisher covers
     fall back to the example-weighted mean; see the module docstring.
     """
-    if (
-        not isinstance(epsilon, (int, float))
-        or isinstance(epsilon, bool)  # True would silently mean ε = 1
-        or not (math.isfinite(epsilon) and epsilon > 0)
-    ):
-        raise MergeError(
-            f"{NAME}: epsilon must be a finite number > 0 (it keeps Σ λF + ε away from zero), "
-            f"got {epsilon!r}; the default is 1e-8"
-        )
+    epsilon = finite_number(NAME, "epsilon", epsilon, positive=True)
     spec = StrategySpec(NAME, {"epsilon": epsilon})
 
     def accumulate(base: ParamMap | None, state: State) -> FisherAccumulator:
