@@ -134,6 +134,21 @@ class Repository:
         return cls(objects, refs, path=store_dir, clock=clock)
 
     @classmethod
+    def open_or_init(cls, path: str | Path) -> Repository:
+        """The repository in ``path``, or a new bare one when ``path`` is missing or empty:
+        how a server or a client keeps its store. A directory with other files in it is
+        refused rather than filled with a store's files."""
+        path = Path(path)
+        if is_store_dir(path) or is_store_dir(path / REPO_DIR):
+            return cls.open(path)
+        if path.exists() and (not path.is_dir() or any(path.iterdir())):
+            raise RepositoryNotFoundError(
+                f"{path} exists, is not empty and holds no fedvc repository: point at an "
+                "empty or new directory"
+            )
+        return cls.init(path, bare=True)
+
+    @classmethod
     def discover(
         cls, start: str | Path = ".", *, clock: Callable[[], float] = default_clock
     ) -> Repository:

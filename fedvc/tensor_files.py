@@ -61,7 +61,13 @@ SAFETENSORS_DTYPES: dict[str, str] = {
 
 _CODES = {name: code for code, name in SAFETENSORS_DTYPES.items()}
 _METADATA_KEY = "__metadata__"
-_SUFFIXES = (".safetensors", ".npz")
+MODEL_SUFFIXES = (".safetensors", ".npz")
+"""The model file formats fedvc reads and writes (any case)."""
+
+
+def is_model_path(path: PathLike) -> bool:
+    """Whether ``path`` names a model file by its suffix (it need not exist)."""
+    return Path(path).suffix.lower() in MODEL_SUFFIXES
 
 
 class TensorFileError(FedvcError):
@@ -120,7 +126,7 @@ def _os_errors(verb: str, path: PathLike) -> Iterator[None]:
 def _unsupported_suffix(path: PathLike, verb: str) -> str:
     return (
         f"cannot {verb} {os.fspath(path)}: unsupported suffix {Path(path).suffix!r}; "
-        f"expected one of {', '.join(_SUFFIXES)}. PyTorch pickles (.pt, .pth, .bin, .ckpt) "
+        f"expected one of {', '.join(MODEL_SUFFIXES)}. PyTorch pickles (.pt, .pth, .bin, .ckpt) "
         "are never read because unpickling can run arbitrary code: convert them once, in a "
         "trusted environment, with fedvc.torch_io.state_dict_to_params and save_params "
         "(or safetensors.torch.save_file)"

@@ -17,7 +17,7 @@ import torch
 
 from fedvc.tensors import ParamMap, TensorError, as_param_map, canonical_array, dtype_name
 
-TORCH_DTYPES: dict[str, torch.dtype] = {
+_TORCH_DTYPES: dict[str, torch.dtype] = {
     "bool": torch.bool,
     "uint8": torch.uint8,
     "int8": torch.int8,
@@ -32,7 +32,7 @@ TORCH_DTYPES: dict[str, torch.dtype] = {
     "float64": torch.float64,
 }
 """fedvc canonical dtype name → torch dtype (the twelve of ``tensors.DTYPES``)."""
-_SUPPORTED = frozenset(TORCH_DTYPES.values())
+_SUPPORTED = frozenset(_TORCH_DTYPES.values())
 _MAX_LISTED = 10
 
 
@@ -75,7 +75,7 @@ def _unsupported_dtype(t: torch.Tensor, name: str) -> str:
             "(torch.view_as_real) as separate float tensors"
         )
     return (
-        f"{name} has unsupported dtype {dtype}; fedvc stores {', '.join(TORCH_DTYPES)}: "
+        f"{name} has unsupported dtype {dtype}; fedvc stores {', '.join(_TORCH_DTYPES)}: "
         "convert it (for example with .float()) first"
     )
 
@@ -151,7 +151,7 @@ def load_into_module(module: torch.nn.Module, params: ParamMap, strict: bool = T
         theirs, ours = target[name], arrays[name]
         if tuple(theirs.shape) != ours.shape:
             mismatched.append(f"{name!r} params {list(ours.shape)} vs module {list(theirs.shape)}")
-        elif TORCH_DTYPES[dtype_name(ours.dtype)] != theirs.dtype:
+        elif _TORCH_DTYPES[dtype_name(ours.dtype)] != theirs.dtype:
             mismatched.append(f"{name!r} params {dtype_name(ours.dtype)} vs module {theirs.dtype}")
     if mismatched:
         problems.append(f"{len(mismatched)} shape/dtype mismatch(es): {_listing(mismatched, str)}")
@@ -174,6 +174,24 @@ def load_into_module(module: torch.nn.Module, params: ParamMap, strict: bool = T
 def _listing(items: list[str], show: Callable[[str], str] = repr) -> str:
     shown = ", ".join(map(show, items[:_MAX_LISTED]))
     return shown + (f", ... ({len(items) - _MAX_LISTED} more)" if len(items) > _MAX_LISTED else "")
+
+
+def input_batch(module: torch.nn.Module, inputs: np.ndarray) -> torch.Tensor:
+    """``inputs`` as a tensor on ``module``'s device, refused if they are floating but not
+    of the module's dtype (fedvc never casts silently). Integer inputs (token ids, class
+    indices for an embedding) pass as they are."""
+    array = np.ascontiguousarray(inputs)
+    first = next(module.parameters(), None)
+    if first is not None and array.dtype.kind == "f":
+        name = dtype_name(array.dtype)
+        if name not in _TORCH_DTYPES or _TORCH_DTYPES[name] != first.dtype:
+            raise TensorError(
+                f"inputs are {name} but the module's parameters are "
+                f"{str(first.dtype).removeprefix('torch.')}: convert the inputs (for example "
+                "with .astype(np.float32)); fedvc never casts silently"
+            )
+    batch = torch.from_numpy(array if array.flags.writeable else array.copy())
+    return batch if first is None else batch.to(first.device)
 
 
 def collect_activations(
@@ -199,14 +217,7 @@ def collect_activations(
                 f"{type(module).__name__} has no submodule {path!r} (for {perm!r}); "
                 f"it has {_listing(names)}"
             ) from None
-    first = next(module.parameters(), None)
-    dtype = None if first is None else first.dtype
-    if dtype is not None and TORCH_DTYPES[dtype_name(inputs.dtype)] != dtype:
-        raise TensorError(
-            f"inputs are {dtype_name(inputs.dtype)} but the module's parameters are "
-            f"{str(dtype).removeprefix('torch.')}: convert the inputs (for example with "
-            ".astype(np.float32)); fedvc never casts silently"
-        )
+    batch = input_batch(module, inputs)
     recorded: dict[str, list[torch.Tensor]] = {perm: [] for perm in targets}
 
     def recorder(perm: str) -> Callable[[torch.nn.Module, object, object], None]:
@@ -226,9 +237,7 @@ def collect_activations(
     try:
         module.eval()
         with torch.no_grad():
-            array = np.ascontiguousarray(inputs)
-            batch = torch.from_numpy(array if array.flags.writeable else array.copy())
-            module(batch if first is None else batch.to(first.device))
+            module(batch)
     finally:
         for handle in handles:
             handle.remove()
@@ -253,24 +262,30 @@ def classification_loss(
 ) -> float:
     """Mean cross-entropy of ``module`` with ``params`` loaded, on ``(inputs, targets)``.
 
-    What ``fedvc barrier`` evaluates along a path between two models. The module is put
-    in eval mode; its own weights are replaced by ``params``.
+    What ``fedvc barrier`` evaluates along a path between two models. Its own weights are
+    replaced by ``params``; it runs in eval mode, and its training flags are restored.
     """
-    load_into_module(module, params, strict=True)
-    module.eval()
-    x = torch.as_tensor(np.asarray(inputs))
-    y = torch.as_tensor(np.asarray(targets), dtype=torch.long)
-    if len(x) != len(y) or len(x) == 0:
+    if len(inputs) != len(targets) or len(inputs) == 0:
         raise TensorError(
-            f"need as many targets as inputs (and some), got {len(x)} inputs and {len(y)} targets"
+            f"need as many targets as inputs (and some), got {len(inputs)} inputs and "
+            f"{len(targets)} targets"
         )
+    x = input_batch(module, inputs)
+    y = torch.as_tensor(np.asarray(targets), dtype=torch.long, device=x.device)
+    load_into_module(module, params, strict=True)
+    modes = [(m, m.training) for m in module.modules()]
     total = 0.0
-    with torch.no_grad():
-        for start in range(0, len(x), batch_size):
-            logits = module(x[start : start + batch_size])
-            total += float(
-                torch.nn.functional.cross_entropy(
-                    logits, y[start : start + batch_size], reduction="sum"
+    try:
+        module.eval()
+        with torch.no_grad():
+            for start in range(0, len(x), batch_size):
+                logits = module(x[start : start + batch_size])
+                total += float(
+                    torch.nn.functional.cross_entropy(
+                        logits, y[start : start + batch_size], reduction="sum"
+                    )
                 )
-            )
+    finally:
+        for m, training in modes:
+            m.training = training
     return total / len(x)

@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from fedvc.tensors import TensorError, dtype_name
-from fedvc.torch_io import TORCH_DTYPES
+from fedvc.tensors import TensorError
+from fedvc.torch_io import input_batch
 
 
 def estimate_fisher(
@@ -77,14 +77,7 @@ def estimate_fisher(
         chosen = np.repeat(chosen, draws)
     params = {name: p.detach() for name, p in module.named_parameters()}
     buffers = {name: b.detach() for name, b in module.named_buffers()}
-    first = next(iter(params.values()), None)
-    floating = inputs.dtype.kind == "f"
-    if first is not None and floating and TORCH_DTYPES[dtype_name(inputs.dtype)] != first.dtype:
-        raise TensorError(
-            f"inputs are {dtype_name(inputs.dtype)} but the module's parameters are "
-            f"{str(first.dtype).removeprefix('torch.')}: convert the inputs (for example "
-            "with .astype(np.float32)); fedvc never casts silently"
-        )
+    input_batch(module, inputs[:0])  # the dtype check, before any work is done
     totals = {
         name: torch.zeros(p.shape, dtype=torch.float64, device=p.device)
         for name, p in params.items()
@@ -96,9 +89,7 @@ def estimate_fisher(
         module.eval()
         for start in range(0, len(chosen), batch_size):
             rows = chosen[start : start + batch_size]
-            batch = torch.from_numpy(np.ascontiguousarray(inputs[rows]))
-            if first is not None:
-                batch = batch.to(first.device)
+            batch = input_batch(module, inputs[rows])
             picked = None if targets is None else np.asarray(targets)[rows]
             onehot = _fisher_labels(module, batch, picked, empirical, generator)
             if vectorised:

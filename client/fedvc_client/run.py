@@ -13,7 +13,6 @@ from typing import Any
 from fedvc.participant import Participant, Submitted, Task
 from fedvc.repo import Repository
 from fedvc.signing import SigningKey
-from fedvc.store.disk import is_store_dir
 from fedvc.user_code import UserCodeError, import_object
 from fedvc_client.link import ClientTls, GrpcLink
 
@@ -46,8 +45,7 @@ def open_cache(path: str | Path | None) -> Repository:
     """A disk repository at ``path`` (created if needed), or one in memory."""
     if path is None:
         return Repository.memory()
-    path = Path(path)
-    return Repository.open(path) if is_store_dir(path) else Repository.init(path, bare=True)
+    return Repository.open_or_init(path)
 
 
 def run(

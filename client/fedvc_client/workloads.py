@@ -79,11 +79,6 @@ def train_config(config: Mapping[str, Any]) -> TrainConfig:
     )
 
 
-def copy_params(params: ParamMap) -> dict[str, np.ndarray]:
-    """Arrays that own their memory (a module's params are views of its tensors)."""
-    return {name: np.array(value, copy=True) for name, value in params.items()}
-
-
 class ArrayTask:
     """One client's share of a classifier workload: trains a fresh model from the base."""
 
@@ -108,7 +103,7 @@ class ArrayTask:
                     seed=settings.seed,
                 )
         return TrainResult(
-            params=copy_params(module_params(module)),
+            params=module_params(module),  # views of a module made for this call alone
             examples=result.examples,
             metrics={"loss": result.loss},
             fisher=fisher,
@@ -145,7 +140,7 @@ class ArrayWorkload:
         """The model's initialisation under ``seed``, without touching torch's global RNG."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            return copy_params(module_params(self.model()))
+            return module_params(self.model())  # views that keep the new module's tensors
 
     def client_task(self, indices: np.ndarray) -> ArrayTask:
         rows = np.asarray(indices, dtype=np.int64)

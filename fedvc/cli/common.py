@@ -15,10 +15,8 @@ from fedvc.align import PermutationSpec
 from fedvc.errors import FedvcError
 from fedvc.objects import ObjectId
 from fedvc.repo import Repository
-from fedvc.tensor_files import load_params
+from fedvc.tensor_files import is_model_path, load_params
 from fedvc.user_code import import_object
-
-MODEL_SUFFIXES = (".safetensors", ".npz")
 
 
 class UsageError(FedvcError):
@@ -43,7 +41,7 @@ def print_json(value: Any) -> None:
 
 def is_model_file(spec: str) -> bool:
     path = Path(spec)
-    return path.suffix in MODEL_SUFFIXES and path.is_file()
+    return is_model_path(path) and path.is_file()
 
 
 def load_model(

@@ -14,35 +14,27 @@ from fedvc.coordinator import Coordinator, CoordinatorConfig, RoundObserver
 from fedvc.errors import FedvcError
 from fedvc.merge.base import MergeStrategy
 from fedvc.merge.registry import make
-from fedvc.repo import Repository, branch_ref
+from fedvc.repo import Repository, RepositoryNotFoundError, branch_ref
 from fedvc.signing import SigningKey
-from fedvc.store.disk import is_store_dir
-from fedvc.tensor_files import load_params
+from fedvc.tensor_files import is_model_path, load_params
 from fedvc.tensors import as_param_map
 from fedvc.trust import TrustStore
 from fedvc.user_code import import_object
 from fedvc_server.config import ConfigError, ServerConfig
 
-MODEL_FILES = (".safetensors", ".npz")
-
 
 def open_repository(config: ServerConfig) -> Repository:
     """The server's repository (a bare store directory), created if it does not exist."""
-    path = config.repository
-    if is_store_dir(path) or is_store_dir(path / ".fedvc"):
-        return Repository.open(path)
-    if path.exists() and any(path.iterdir()):
-        raise ConfigError(
-            f"[server] repository {path} exists, is not empty and holds no fedvc repository; "
-            "point it at an empty or new directory"
-        )
-    return Repository.init(path, bare=True)
+    try:
+        return Repository.open_or_init(config.repository)
+    except RepositoryNotFoundError as exc:
+        raise ConfigError(f"[server] repository: {exc}") from None
 
 
 def start_main(repo: Repository, spec: str, signer: SigningKey) -> None:
     """Give an empty repository its ``main``: a commit it already holds (a revision, say a
     tag of a pretrained model), or the model ``spec`` names, committed and signed."""
-    if ":" not in spec and Path(spec).suffix not in MODEL_FILES:
+    if ":" not in spec and not is_model_path(spec):
         try:
             oid = repo.resolve(spec)
         except FedvcError as exc:
@@ -56,11 +48,11 @@ def start_main(repo: Repository, spec: str, signer: SigningKey) -> None:
     repo.commit_params(params, "initial model", branch="main", signer=signer)
 
 
-def initial_model(spec: str, base: Path | None = None) -> dict[str, object]:
+def initial_model(spec: str) -> dict[str, object]:
     """An initial model named by ``[model] initial``: a model file, or a
     ``package.module:function`` returning a name → array mapping (or a torch state_dict)."""
-    path = Path(spec) if base is None else base / spec
-    if path.suffix in MODEL_FILES:
+    path = Path(spec)
+    if is_model_path(path):
         if not path.is_file():
             raise ConfigError(f"[model] initial: the model file {path} does not exist")
         return dict(load_params(path))

@@ -43,6 +43,7 @@ from typing import Any
 
 from fedvc.errors import FedvcError
 from fedvc.round import RoundConfig, RoundError
+from fedvc.tensor_files import is_model_path
 
 SECTIONS: dict[str, dict[str, tuple[type, ...]]] = {
     "server": {
@@ -174,7 +175,7 @@ def _path(base: Path, value: str) -> Path:
 
 def _initial(value: str | None, base: Path) -> str | None:
     """A model file is resolved like every other path; ``package.module:name`` stays as is."""
-    if value is None or not value.endswith((".safetensors", ".npz")):
+    if value is None or not is_model_path(value):
         return value
     return str(_path(base, value))
 

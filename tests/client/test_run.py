@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -48,3 +49,18 @@ def test_mistakes_are_named(spec: str, args: dict[str, Any] | None, words: str) 
     with pytest.raises(UserCodeError) as caught:
         load_task(f"{__name__}:{spec}", args)
     assert words in str(caught.value)
+
+
+def test_the_cache_is_a_store_or_a_new_directory_never_a_full_one(tmp_path: Path) -> None:
+    from fedvc_client.run import open_cache
+
+    from fedvc.repo import RepositoryNotFoundError
+
+    first = open_cache(tmp_path / "cache")
+    first.close()
+    open_cache(tmp_path / "cache").close()  # reopened, not refused
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "notes.txt").write_text("mine")
+    with pytest.raises(RepositoryNotFoundError, match="not empty"):
+        open_cache(tmp_path / "home")
+    assert sorted(p.name for p in (tmp_path / "home").iterdir()) == ["notes.txt"]

@@ -182,7 +182,9 @@ def test_other_errors() -> None:
     with pytest.raises(MergeError, match="weights sum to 0"):
         merge(ups)
     for epsilon in (0.0, -1.0, float("nan")):
-        with pytest.raises(MergeError, match=r"fisher\(epsilon=\.\.\.\) must be a finite number > 0"):
+        with pytest.raises(
+            MergeError, match=r"fisher\(epsilon=\.\.\.\) must be a finite number > 0"
+        ):
             fisher(epsilon)
     other = updates(2)
     other[1] = Update({"x": np.zeros(2, np.float32)}, client="c2", fisher={"x": np.zeros(2)})
@@ -193,7 +195,9 @@ def test_other_errors() -> None:
 def test_epsilon_must_be_a_real_number_not_a_bool_or_string() -> None:
     # Regression: "x" raised TypeError and True was accepted as ε = 1.
     for epsilon in ("x", True, None):
-        with pytest.raises(MergeError, match=r"fisher\(epsilon=\.\.\.\) must be a finite number > 0"):
+        with pytest.raises(
+            MergeError, match=r"fisher\(epsilon=\.\.\.\) must be a finite number > 0"
+        ):
             fisher(epsilon)  # type: ignore[arg-type]
 
 
