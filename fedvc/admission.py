@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from fedvc.diff import distance as param_distance
-from fedvc.objects import Commit, ObjectId, Snapshot
+from fedvc.objects import Commit, ObjectId, Snapshot, is_object_id
 from fedvc.round import ROUND_KEY, Admitted, RoundState, UpdateRejected
 from fedvc.signing import PublicKey, commit_signature_valid
 from fedvc.tensors import ParamMap, dtype_name
@@ -137,11 +137,13 @@ def _update_metadata(
             f"got {metrics!r}",
         )
     fisher = meta.get("fisher")
-    if fisher is not None and not isinstance(fisher, str):
+    if fisher is not None and not is_object_id(fisher):
         raise UpdateRejected(
-            "bad_metadata", f"commit {commit_id}: metadata 'fisher' must be a snapshot id"
+            "bad_metadata",
+            f"commit {commit_id}: metadata 'fisher' must be a snapshot id (64 hex digits), "
+            f"got {str(fisher)[:80]!r}",
         )
-    return examples, {k: float(v) for k, v in metrics.items()}, ObjectId(fisher) if fisher else None
+    return examples, {k: float(v) for k, v in metrics.items()}, fisher
 
 
 Layout = Mapping[str, tuple[str, tuple[int, ...]]]

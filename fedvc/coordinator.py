@@ -38,7 +38,14 @@ from fedvc.round import (
     ready,
     reject,
 )
-from fedvc.round_store import admitted_update, record_merge, starting_state
+from fedvc.round_store import (
+    admitted_update,
+    attached_snapshots,
+    commit_objects,
+    record_merge,
+    starting_state,
+    wire_objects,
+)
 from fedvc.signing import KeyId, PublicKey, SigningError, SigningKey
 from fedvc.store.base import ObjectNotFoundError, StoreError
 from fedvc.tensors import ParamMap
@@ -179,6 +186,8 @@ class Coordinator:
         self._admitted_ever: set[ObjectId] = set()
         self._base_cache: tuple[ObjectId, ParamMap] | None = None
         self._closing = False
+        self.failure: Exception | None = None
+        """Why a round could not be merged; set, the coordinator stops serving rounds."""
         tip = repo.refs.get_ref(branch_ref(config.branch))
         if tip is None:
             raise RoundError(
@@ -205,8 +214,9 @@ class Coordinator:
 
     @property
     def finished(self) -> bool:
+        """Every round is merged, or one could not be (``failure`` says why)."""
         with self._lock:
-            return self._state is None
+            return self._state is None or self.failure is not None
 
     @property
     def state(self) -> RoundState | None:
@@ -220,6 +230,11 @@ class Coordinator:
         model), the others keep answering clients, who hear that the round is closing.
         """
         with self._lock:
+            if self.failure is not None:
+                raise RoundError(
+                    f"the coordinator stopped: a round could not be merged ({self.failure}); "
+                    "its operator must look before the run can go on"
+                )
             state = self._state
             if state is None or self._closing:
                 return None
@@ -230,6 +245,10 @@ class Coordinator:
             self._closing = True
         try:
             report = self._close(state, now)
+        except Exception as exc:  # merging again would fail again: stop, and say why
+            with self._lock:
+                self.failure = exc
+            return None
         finally:
             with self._lock:
                 self._closing = False
@@ -268,15 +287,10 @@ class Coordinator:
     def list_objects(self, commit: ObjectId) -> list[ObjectId]:
         """Blobs first, then the snapshot, then the commit: a receiver storing them in this
         order never holds a snapshot or commit whose parts it lacks."""
-        found = self.repo.get_commit(commit)
-        snapshot = self.repo.get_snapshot(found.snapshot)
-        blobs = dict.fromkeys(entry.blob for entry in snapshot.tensors.values())
-        return [*blobs, found.snapshot, commit]
+        return commit_objects(self.repo, commit)
 
     def get_objects(self, ids: Sequence[ObjectId]) -> Iterator[WireObject]:
-        for oid in ids:  # unverified here: the receiver hashes every object on arrival
-            stored = self.repo.objects.get(oid, verify=False)
-            yield WireObject(oid, stored.kind, stored.payload)
+        return wire_objects(self.repo, ids)
 
     def missing(self, ids: Sequence[ObjectId]) -> list[ObjectId]:
         return [oid for oid in ids if not self.repo.objects.contains(oid)]
@@ -325,13 +339,11 @@ class Coordinator:
     def _admit(
         self, state: RoundState, commit_id: ObjectId, commit: Commit
     ) -> tuple[RoundState, Admitted]:
-        fisher_id = commit.metadata.get("fisher")
+        fisher_id = attached_snapshots(commit).get("Fisher")  # a malformed one: bad_metadata
         try:
             base = self.repo.get_snapshot(self.repo.get_commit(state.base).snapshot)
             snapshot = self.repo.get_snapshot(commit.snapshot)
-            fisher = (
-                self.repo.get_snapshot(ObjectId(fisher_id)) if isinstance(fisher_id, str) else None
-            )
+            fisher = None if fisher_id is None else self.repo.get_snapshot(fisher_id)
         except (ObjectNotFoundError, StoreError) as exc:
             raise UpdateRejected("missing_objects", f"commit {commit_id}: {exc}") from None
         try:

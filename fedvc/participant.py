@@ -14,7 +14,7 @@ coordinator weighs it by is covered by the client's signature.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -22,9 +22,10 @@ from fedvc.errors import FedvcError
 from fedvc.objects import ObjectId
 from fedvc.repo import Repository
 from fedvc.round import ROUND_KEY
+from fedvc.round_store import commit_objects, wire_objects
 from fedvc.signing import SigningKey
 from fedvc.tensors import ParamMap
-from fedvc.transport import CoordinatorLink, Finished, RoundOffer, Verdict, Wait, WireObject
+from fedvc.transport import CoordinatorLink, Finished, RoundOffer, Verdict, Wait
 
 
 class TaskError(FedvcError):
@@ -161,28 +162,9 @@ class Participant:
 
     def upload(self, commit: ObjectId) -> int:
         """Send the coordinator the objects of ``commit`` (and its Fisher) it lacks."""
-        ids = self._objects(commit)
-        needed = self.link.missing(ids)
-        self.link.put_objects(self._wire(needed))
+        needed = self.link.missing(commit_objects(self.repo, commit, attached=True))
+        self.link.put_objects(wire_objects(self.repo, needed))
         return len(needed)
-
-    def _objects(self, commit: ObjectId) -> list[ObjectId]:
-        found = self.repo.get_commit(commit)
-        ids: list[ObjectId] = []
-        fisher = found.metadata.get("fisher")
-        for snapshot_id in ([ObjectId(fisher)] if isinstance(fisher, str) else []) + [
-            found.snapshot
-        ]:
-            snapshot = self.repo.get_snapshot(snapshot_id)
-            ids += [entry.blob for entry in snapshot.tensors.values()]
-            ids.append(snapshot_id)
-        ids.append(commit)
-        return list(dict.fromkeys(ids))
-
-    def _wire(self, ids: list[ObjectId]) -> Iterator[WireObject]:
-        for oid in ids:  # unverified here: the coordinator hashes every object on arrival
-            stored = self.repo.objects.get(oid, verify=False)
-            yield WireObject(oid, stored.kind, stored.payload)
 
 
 def check_result(result: object, *, wants_fisher: bool) -> None:

@@ -8,13 +8,14 @@ coordinator, with the strategy's state stored as a snapshot the commit names.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 
 from fedvc.merge.base import MergeStrategy, State, Update
 from fedvc.objects import Commit, MalformedObjectError, ObjectId, validate_object_id
 from fedvc.repo import Repository, branch_ref
 from fedvc.round import Admitted, MergeResult, RoundState
 from fedvc.signing import SigningKey
+from fedvc.transport import WireObject
 
 
 def admitted_update(repo: Repository, admitted: Admitted) -> Update:
@@ -44,7 +45,7 @@ def attached_snapshots(commit: Commit) -> dict[str, ObjectId]:
         try:
             attached[role] = validate_object_id(value)
         except MalformedObjectError:
-            continue  # absent (None); a malformed id never passed admission
+            continue  # absent; a malformed id is refused at the door (bad_metadata)
     return attached
 
 
@@ -87,3 +88,29 @@ def record_merge(
     )
     repo.refs.set_ref(branch_ref(branch), oid, state.base)
     return oid
+
+
+def commit_objects(repo: Repository, commit: ObjectId, *, attached: bool = False) -> list[ObjectId]:
+    """The objects a receiver needs to hold ``commit``, parts before wholes (blobs, then
+    their snapshot, then the commit), so it never stores an object whose parts it lacks.
+
+    With ``attached``, the snapshots the commit names in its metadata (an update's
+    Fisher) come first: a coordinator needs them to admit the update, while a client
+    fetching a base has no use for its strategy state.
+    """
+    found = repo.get_commit(commit)
+    snapshots = [*attached_snapshots(found).values()] if attached else []
+    ids: list[ObjectId] = []
+    for snapshot in (*snapshots, found.snapshot):
+        ids += [entry.blob for entry in repo.get_snapshot(snapshot).tensors.values()]
+        ids.append(snapshot)
+    ids.append(commit)
+    return list(dict.fromkeys(ids))
+
+
+def wire_objects(repo: Repository, ids: Iterable[ObjectId]) -> Iterator[WireObject]:
+    """Stored objects as they travel; unverified, since every receiver hashes each one
+    on arrival."""
+    for oid in ids:
+        stored = repo.objects.get(oid, verify=False)
+        yield WireObject(oid, stored.kind, stored.payload)

@@ -372,3 +372,20 @@ def test_clients_are_answered_while_a_round_is_being_merged() -> None:
     closer.join(10)
     assert verdicts[0].admitted and "round_closed" in verdicts[0].extra
     assert isinstance(coord.next_round(a.key_id), RoundOffer)  # round 2 is open
+
+
+def test_a_round_that_cannot_be_merged_stops_the_coordinator_and_says_why() -> None:
+    repo = make_repo()
+    coord = coordinator(repo)
+    people = participants(coord)
+    for person in people[:2]:
+        person.step()
+    elsewhere = repo.commit_params({"layer.weight": np.ones((3, 4), np.float32)}, "moved")
+    # someone else moved main mid-round: recording the merge loses the compare-and-swap
+    assert repo.refs.get_ref("refs/heads/main") == elsewhere
+    result = people[2].step()
+    assert not isinstance(result, (Wait, Finished)) and result.verdict.admitted  # it was
+    assert coord.finished and coord.failure is not None
+    with pytest.raises(RoundError, match="the coordinator stopped: a round could not be merged"):
+        coord.next_round(str(CLIENTS[0].public_key.key_id))
+    assert repo.refs.get_ref("refs/heads/main") == elsewhere  # nothing half-written

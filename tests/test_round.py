@@ -31,6 +31,7 @@ from fedvc.round import (
     reject,
     weighted_metrics,
 )
+from fedvc.round_store import attached_snapshots
 from fedvc.signing import KeyId, SigningKey
 from fedvc.trust import TrustStore
 
@@ -142,7 +143,7 @@ class Door:
 
     def admit(self, oid: ObjectId, *, require_fisher: bool = False) -> RoundState:
         commit = self.repo.get_commit(oid)
-        fisher = commit.metadata.get("fisher")
+        fisher = attached_snapshots(commit).get("Fisher")  # as the coordinator reads it
         state, admitted = admit(
             self.state,
             oid,
@@ -153,7 +154,7 @@ class Door:
             update_snapshot=self.repo.get_snapshot(commit.snapshot),
             read=self.repo.snapshot_params,
             base_params=self.repo.read_params,
-            fisher_snapshot=self.repo.get_snapshot(fisher) if isinstance(fisher, str) else None,
+            fisher_snapshot=None if fisher is None else self.repo.get_snapshot(fisher),
             require_fisher=require_fisher,
             max_norm=self.max_norm,
         )
@@ -247,6 +248,8 @@ def test_nan_inf_and_norm_bound() -> None:
         ({"metrics": {"loss": "low"}}, "finite numbers"),
         ({"metrics": [1]}, "finite numbers"),
         ({"fisher": 7}, "snapshot id"),
+        ({"fisher": "..//dev/zero"}, "snapshot id (64 hex digits), got '..//dev/zero'"),
+        ({"fisher": ""}, "snapshot id"),
     ],
 )
 def test_malformed_metadata(meta: dict[str, Any], words: str) -> None:

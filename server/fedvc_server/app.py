@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterable
 
 from fedvc.coordinator import Coordinator, RoundObserver, RoundReport, SilentObserver
-from fedvc.round import Admitted
+from fedvc.round import Admitted, RoundError
 from fedvc_server.bootstrap import build_coordinator
 from fedvc_server.config import ServerConfig
 from fedvc_server.metrics import FleetMetrics
@@ -91,16 +91,21 @@ class FleetServer:
     def wait(
         self, *, linger: float = LINGER_SECONDS, poll: Callable[[], None] | None = None
     ) -> None:
-        """Block until every round is merged (then ``linger`` s more) or ``stop()``."""
+        """Block until every round is merged (then ``linger`` s more) or ``stop()``.
+
+        Raises ``RoundError`` if a round could not be merged, after stopping the server.
+        """
         try:
             while not self._stop.is_set() and not self.coordinator.finished:
                 self._stop.wait(TICK_SECONDS)
                 if poll is not None:
                     poll()
-            if not self._stop.is_set():
+            if not self._stop.is_set() and self.coordinator.failure is None:
                 self._stop.wait(linger)
         finally:
             self.stop()
+        if self.coordinator.failure is not None:
+            raise RoundError(f"a round could not be merged: {self.coordinator.failure}")
 
     def interrupt(self) -> None:
         """Ask ``wait()`` to stop the server (safe from a signal handler)."""
@@ -116,7 +121,7 @@ class FleetServer:
         self.coordinator.repo.close()
 
     def _tick(self) -> None:
-        while not self._stop.wait(TICK_SECONDS):
+        while not self._stop.wait(TICK_SECONDS) and self.coordinator.failure is None:
             self.coordinator.tick()
 
 

@@ -18,6 +18,7 @@ from fedvc_server.tls import server_credentials
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from fedvc import wire
+from fedvc.round_store import commit_objects
 from fedvc.transport import RoundOffer
 from fedvc.verify import verify
 
@@ -161,6 +162,8 @@ def test_an_interrupted_upload_resends_only_what_the_server_lacks(fleet: Fleet) 
     link.sleep = lambda seconds: None
     assert a.upload(commit) == 3
     assert streams == [3, 2]  # blob, snapshot, commit; then all but the blob
-    assert not fleet.coordinator.missing(a._objects(commit))
-    assert link.last_put == wire.PutSummary(2, link.last_put.bytes if link.last_put else -1)
+    ids = commit_objects(a.repo, commit, attached=True)
+    assert not fleet.coordinator.missing(ids)
+    resent = sum(len(a.repo.objects.get(oid).payload) for oid in ids[1:])  # snapshot, commit
+    assert link.last_put == wire.PutSummary(2, resent)
     assert link.submit(offer.number, commit).admitted
