@@ -92,13 +92,11 @@ class Recipe:
     of it; both also keep the models' confidence moderate, which the Fisher depends on.
     """
 
-    optimizer: str = "sgd"  # "sgd" (with momentum) or "adamw"
     lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 5e-3
     epochs: int = 300
     batch_size: int = 32
-    schedule: str = "cosine"  # "cosine" (to zero over all steps) or "constant"
 
 
 @dataclass(frozen=True)
@@ -114,13 +112,13 @@ class MergeFigures:
     matched_fisher: float
 
 
-def load_data(test_fraction: float = TEST_FRACTION) -> Data:
+def load_data() -> Data:
     """Digits scaled to [0, 1], split stratified by class with a fixed seed."""
     digits = load_digits()
     x = (digits.data / 16.0).astype(np.float32)
     y = digits.target.astype(np.int64)
     x_train, x_test, y_train, y_test = train_test_split(
-        x, y, test_size=test_fraction, stratify=y, random_state=SPLIT_SEED
+        x, y, test_size=TEST_FRACTION, stratify=y, random_state=SPLIT_SEED
     )
     return Data(x_train, y_train, x_test, y_test)
 
@@ -139,26 +137,14 @@ def make_mlp(widths: Sequence[int], seed: int) -> nn.Sequential:
 def train(model: nn.Module, x: np.ndarray, y: np.ndarray, recipe: Recipe, seed: int) -> None:
     """Minibatch cross-entropy training; the batch order is drawn from ``seed``."""
     inputs, targets = torch.from_numpy(x), torch.from_numpy(y)
-    optimizer: torch.optim.Optimizer
-    if recipe.optimizer == "sgd":
-        optimizer = torch.optim.SGD(
-            model.parameters(),
-            lr=recipe.lr,
-            momentum=recipe.momentum,
-            weight_decay=recipe.weight_decay,
-        )
-    elif recipe.optimizer == "adamw":
-        optimizer = torch.optim.AdamW(
-            model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay
-        )
-    else:
-        raise ValueError(f"recipe.optimizer must be 'sgd' or 'adamw', got {recipe.optimizer!r}")
-    batches = -(-len(x) // recipe.batch_size)
-    scheduler = (
-        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, recipe.epochs * batches)
-        if recipe.schedule == "cosine"
-        else None
+    optimizer = torch.optim.SGD(
+        model.parameters(),
+        lr=recipe.lr,
+        momentum=recipe.momentum,
+        weight_decay=recipe.weight_decay,
     )
+    batches = -(-len(x) // recipe.batch_size)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, recipe.epochs * batches)
     generator = torch.Generator().manual_seed(seed)
     model.train()
     for _ in range(recipe.epochs):
@@ -169,8 +155,7 @@ def train(model: nn.Module, x: np.ndarray, y: np.ndarray, recipe: Recipe, seed: 
             loss = nn.functional.cross_entropy(model(inputs[rows]), targets[rows])
             loss.backward()  # type: ignore[no-untyped-call]
             optimizer.step()
-            if scheduler is not None:
-                scheduler.step()
+            scheduler.step()
     model.eval()
 
 
@@ -219,17 +204,15 @@ def run_merge(
     seed: int,
     *,
     clients: int = CLIENTS,
-    alpha: float = ALPHA,
     widths: Sequence[int] = CLIENT_WIDTHS,
     fisher_draws: int = FISHER_DRAWS,
     empirical: bool = False,
-    min_size: int = 10,
     verbose: bool = True,
 ) -> MergeFigures:
     """Phase (a): train ``clients`` models apart, merge them once three ways, score all."""
-    parts = dirichlet(data.y_train, clients, alpha, seed=seed, min_size=min_size)
+    parts = dirichlet(data.y_train, clients, ALPHA, seed=seed, min_size=10)
     if verbose:
-        print(f"  Dirichlet(alpha={alpha}) split of the training set, examples per class:")
+        print(f"  Dirichlet(alpha={ALPHA}) split of the training set, examples per class:")
         for i, row in enumerate(partition_table(data.y_train, parts)):
             print(f"    client {i}: {' '.join(f'{n:3d}' for n in row)}  ({row.sum()})")
     probe = make_mlp(widths, seed)  # a module to load parameter maps into

@@ -13,7 +13,8 @@ is downloaded.
 - ``scale``: 100 clients x 20 rounds (digits, Dirichlet alpha=0.5, every client in every
   round: 2000 client-rounds), end to end.
 - ``fleet``: 1000 virtual clients on the standard library's text (IID split), a fraction
-  of them per round, in a fresh process; its peak resident memory and its workers'.
+  of them per round, in a fresh process; its peak resident memory (the main process's:
+  the worker processes are not its children, so their peaks are not seen).
 - ``skew``: ``simulations/digits-dirichlet-0.1.toml`` (Dirichlet alpha=0.1, 20 clients):
   final test accuracy of FedAvg, FedProx, Fisher-weighted and matched averaging.
 - ``flower`` (``--flower``, or ``--full``; needs ``flwr[simulation]``): the ``overhead``
@@ -41,11 +42,11 @@ Usage: python bench/simulation.py [--full] [--flower] [--only overhead,scale,fle
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import importlib.util
 import json
 import logging
-import math
 import os
 import resource
 import subprocess
@@ -53,7 +54,7 @@ import sys
 import tempfile
 import time
 import tomllib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,7 +79,6 @@ def digits_toml(
     rounds: int,
     workers: int,
     *,
-    fraction: float = 1.0,
     min_size: int = 10,
     epochs: int = 2,
 ) -> str:
@@ -101,7 +101,7 @@ alpha = 0.5
 min_size = {min_size}
 
 [round]
-fraction = {fraction}
+fraction = 1.0
 
 [train]
 epochs = {epochs}
@@ -119,15 +119,22 @@ def experiment(text: str) -> SimulationConfig:
     return parse_config(tomllib.loads(text), "bench")
 
 
-def run_on_disk(config: SimulationConfig, *, durable: bool = True) -> ExperimentResult:
-    """One experiment in a fresh repository on disk (SQLite refs; objects fsynced unless
-    ``durable`` is False, as ``fedvc simulate`` writes its scratch history)."""
+@contextlib.contextmanager
+def scratch_repo(*, durable: bool = True) -> Iterator[Repository]:
+    """A fresh bare repository on disk (SQLite refs; objects fsynced unless ``durable`` is
+    False, as ``fedvc simulate`` writes its scratch history), deleted afterwards."""
     with tempfile.TemporaryDirectory() as scratch:
         repo = Repository.init(Path(scratch) / "repo", bare=True, durable=durable)
         try:
-            return run_experiment(config, repo)
+            yield repo
         finally:
             repo.close()
+
+
+def run_on_disk(config: SimulationConfig, *, durable: bool = True) -> ExperimentResult:
+    """One experiment in a ``scratch_repo``."""
+    with scratch_repo(durable=durable) as repo:
+        return run_experiment(config, repo)
 
 
 def time_split(result: ExperimentResult) -> dict[str, float]:
@@ -141,15 +148,13 @@ def time_split(result: ExperimentResult) -> dict[str, float]:
 
 def overhead(args: argparse.Namespace) -> dict[str, Any]:
     clients, rounds = args.overhead_clients, args.overhead_rounds
-    parallel = run_on_disk(
-        experiment(digits_toml(clients, rounds, args.workers, epochs=args.epochs))
-    )
-    serial = run_on_disk(experiment(digits_toml(clients, rounds, 1, epochs=args.epochs)))
+    config = experiment(digits_toml(clients, rounds, args.workers, epochs=args.epochs))
+    one_process = dataclasses.replace(config, workers=1)
+    parallel = run_on_disk(config)
+    serial = run_on_disk(one_process)
     split = time_split(serial)
     outside = split["total"] - split["train"] - split["evaluate"]
-    scratch = time_split(
-        run_on_disk(experiment(digits_toml(clients, rounds, 1, epochs=args.epochs)), durable=False)
-    )
+    scratch = time_split(run_on_disk(one_process, durable=False))
     scratch_outside = scratch["total"] - scratch["train"] - scratch["evaluate"]
     figures = {
         "end_to_end_seconds": parallel.seconds,
@@ -249,22 +254,11 @@ def fleet(args: argparse.Namespace) -> dict[str, Any]:
     clients, rounds = (1000, 5) if args.full else (args.fleet_clients, args.fleet_rounds)
     fraction = args.fleet_fraction
     figures = fleet_child(clients, rounds, fraction, args.workers)
-    # the same work per round from a fleet of only the clients a round takes: the
-    # difference in peak memory is what the idle virtual clients cost
-    per_round = max(1, math.ceil(fraction * clients))
-    small = fleet_child(per_round, rounds, 1.0, args.workers)
-    figures |= {
-        "clients": clients,
-        "rounds": rounds,
-        "fraction": fraction,
-        "small_fleet_clients": per_round,
-        "small_fleet_peak_rss_mib": small["peak_rss_mib"],
-    }
+    figures |= {"clients": clients, "rounds": rounds, "fraction": fraction}
     print(
         f"fleet: {clients} virtual clients ({figures['examples_per_client']:.0f} examples "
         f"each, stdlib text), {rounds} rounds of {fraction:.0%}: {figures['seconds']:.1f} s; "
-        f"peak RSS {figures['peak_rss_mib']:.0f} MiB (a fleet of just the {per_round} "
-        f"clients a round takes: {small['peak_rss_mib']:.0f} MiB); "
+        f"peak RSS {figures['peak_rss_mib']:.0f} MiB; "
         f"test loss {figures['initial_loss']:.3f} -> {figures['final_loss']:.3f}"
     )
     return figures
@@ -473,13 +467,9 @@ def fedvc_verified(config: SimulationConfig) -> tuple[ExperimentResult, int, dic
     object); its signed merges, every signature checked; its final model."""
     keys = [server_key(config.seed).public_key]
     keys += [client_key(config.seed, k).public_key for k in range(config.clients or 0)]
-    with tempfile.TemporaryDirectory() as scratch:
-        repo = Repository.init(Path(scratch) / "repo", bare=True, durable=False)
-        try:
-            result = run_experiment(config, repo)
-            return result, signed_rounds(repo, "fedavg", keys), repo.read_params("fedavg")
-        finally:
-            repo.close()
+    with scratch_repo(durable=False) as repo:
+        result = run_experiment(config, repo)
+        return result, signed_rounds(repo, "fedavg", keys), repo.read_params("fedavg")
 
 
 def flower_speed(args: argparse.Namespace, actors: list[int]) -> dict[str, Any]:
@@ -492,13 +482,9 @@ def flower_speed(args: argparse.Namespace, actors: list[int]) -> dict[str, Any]:
     runs = {a: run_flower(config, a, args.workers) for a in actors}
     ours = min(counts, key=lambda w: fedvc[w][0].seconds)
     best = min(actors, key=lambda a: runs[a].seconds)
-    with tempfile.TemporaryDirectory() as scratch:
-        repo = Repository.init(Path(scratch) / "repo", bare=True)
-        try:
-            bridged = run_flower(config, best, args.workers, repo)
-            bridged_merges = signed_rounds(repo, "main", [server_key(config.seed).public_key])
-        finally:
-            repo.close()
+    with scratch_repo() as repo:
+        bridged = run_flower(config, best, args.workers, repo)
+        bridged_merges = signed_rounds(repo, "main", [server_key(config.seed).public_key])
     flower = runs[best]
     mine = fedvc_rounds(fedvc[ours][0])
     figures: dict[str, Any] = {

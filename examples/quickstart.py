@@ -123,7 +123,8 @@ def main() -> None:
     for command in steps:
         shown = [c[:12] if len(c) == 64 else c for c in command]  # short commit ids
         print(f"\n$ fedvc --repo {store} {' '.join(shown)}")
-        cli.main(["--repo", store, *command])
+        if cli.main(["--repo", store, *command]) != 0:
+            raise SystemExit(f"fedvc {command[0]} failed: see the message above")
     merged = build_model()
     load_into_module(merged, repo.read_params("HEAD"))
     print(f"\nmerged model (HEAD): test accuracy {evaluate(merged, x_test, y_test)[0]:.3f}")

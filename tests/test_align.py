@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 import numpy as np
 import pytest
 import torch
+from bitwise import assert_bit_equal
 
 from fedvc.align import (
     AlignError,
@@ -119,12 +120,6 @@ def loaded(model: nn.Module, params: dict[str, np.ndarray]) -> nn.Module:
     twin = copy.deepcopy(model)
     load_into_module(twin, params)
     return twin
-
-
-def assert_bit_equal(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:
-    assert list(a) == list(b)
-    for name in a:
-        assert a[name].dtype == b[name].dtype and np.array_equal(a[name], b[name]), name
 
 
 # --------------------------------------------------------------------------- infer_spec

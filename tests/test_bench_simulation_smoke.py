@@ -8,26 +8,19 @@ The ``flower`` section is checked through its one Flower run, the part that call
 from __future__ import annotations
 
 import importlib.util
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+from script_loader import load_script
 
 pytest.importorskip("fedvc_client")
 pytestmark = pytest.mark.slow  # the fleet section runs in a process of its own
 
-SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "simulation.py"
-
 
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_simulation", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bench/simulation.py", "bench_simulation")
 
 
 def test_every_section_runs_tiny(
@@ -75,11 +68,17 @@ def test_flower_trains_the_same_clients_as_fedvc_tiny(
     monkeypatch.setenv("FLWR_TELEMETRY_ENABLED", "0")
     monkeypatch.setenv("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     config = bench.experiment(bench.digits_toml(3, 2, 1, epochs=1))
-    fedvc = bench.run_experiment(config, Repository.memory())
+    ours = Repository.memory()
+    fedvc = bench.run_experiment(config, ours)
     repo = Repository.init(tmp_path / "repo", bare=True)
     run = bench.run_flower(config, 1, 1, repo)
     assert bench.signed_rounds(repo, "main", [server_key(config.seed).public_key]) == 2
     assert bench.total(run.rounds, "clients") == 6 and bench.total(run.rounds, "train") > 0
     expected = [r.accuracy for r in fedvc.runs[0].rounds]
     assert run.accuracy == pytest.approx(expected, abs=1e-6)  # same clients, seeds, model
-    assert bench.max_difference(run.final, repo.read_params("main")) == 0
+    assert bench.max_difference(run.final, repo.read_params("main")) == 0  # what it recorded
+    # fedvc's own final model: equal up to the order Flower's replies are summed in
+    assert bench.max_difference(run.final, ours.read_params("fedavg")) < 1e-5
+    # and `fedvc simulate` as a fresh process, as the cold comparison runs it
+    seconds, merges, accuracy = bench.cold_fedvc(bench.digits_toml(3, 1, 1, epochs=1), 1, 0, 3)
+    assert seconds > 0 and merges == 1 and accuracy == pytest.approx(expected[1], abs=1e-6)

@@ -6,27 +6,18 @@ clients through every phase (a child server process included) and checks the fig
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 from types import ModuleType
 
 import pytest
+from script_loader import load_script
 
 pytest.importorskip("fedvc_server")
 pytest.importorskip("fedvc_client")
 
-SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "transport.py"
-
 
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_transport", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bench/transport.py", "bench_transport")
 
 
 def test_tiny_transport_bench(bench: ModuleType, capsys: pytest.CaptureFixture[str]) -> None:

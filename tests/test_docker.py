@@ -22,6 +22,7 @@ import pytest
 import yaml
 from fedvc_client.reference import digits_initial
 from fedvc_server.config import parse_config
+from fedvc_server.metrics import FleetMetrics
 
 from fedvc.tensor_files import load_params
 
@@ -33,16 +34,12 @@ SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
 CLIENTS = ["client-0", "client-1", "client-2"]
 SERVER_CONFIG: dict[str, Any] = tomllib.loads((DOCKER / "server.toml").read_text())
 
-# what the coordinator exports, by Prometheus type
-COUNTERS = {
-    "fedvc_rounds_completed_total",
-    "fedvc_updates_admitted_total",
-    "fedvc_updates_rejected_total",
-    "fedvc_bytes_received_total",
-    "fedvc_bytes_sent_total",
-}
-GAUGES = {"fedvc_clients_connected", "fedvc_interference_score", "fedvc_round"}
-HISTOGRAMS = {"fedvc_round_duration_seconds", "fedvc_aggregation_seconds"}
+# what the coordinator exports, by Prometheus type, read from its own registry so that a
+# metric added or renamed in fedvc_server.metrics must be added to the dashboard too
+EXPORTED = [(m.type, m.name) for m in FleetMetrics().registry.collect()]
+COUNTERS = {f"{name}_total" for kind, name in EXPORTED if kind == "counter"}
+GAUGES = {name for kind, name in EXPORTED if kind == "gauge"}
+HISTOGRAMS = {name for kind, name in EXPORTED if kind == "histogram"}
 METRICS = COUNTERS | GAUGES | HISTOGRAMS
 
 # distribution directory each image installs next to the root one, and the one it must not

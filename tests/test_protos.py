@@ -6,11 +6,11 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import re
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+from script_loader import load_script
 
 from fedvc.proto.v1 import fleet_pb2
 
@@ -20,14 +20,7 @@ GENERATED = ROOT / "fedvc" / "proto" / "v1"
 
 
 def load_generator() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "protos_generate", ROOT / "protos" / "generate.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("protos/generate.py", "protos_generate")
 
 
 def committed_tools_version() -> str:

@@ -82,3 +82,20 @@ def test_in_process_federation_example_runs_three_signed_rounds(
     assert len(merges) == 3 and all(len(c.parents) == 4 for c in merges)
     np.testing.assert_allclose(repo.read_params("main")["w"], 6.0)  # type: ignore[attr-defined]
     assert "6." in capsys.readouterr().out
+
+
+def test_the_quickstart_example_runs_a_verified_round(tmp_path: Path) -> None:
+    """The README's first command, at one epoch: every fedvc command in it succeeds."""
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "examples" / "quickstart.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--dir", str(tmp_path / "repo"), "--epochs", "1"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "merged model (HEAD): test accuracy" in done.stdout
+    assert "$ fedvc" in done.stdout and "verify" in done.stdout

@@ -12,15 +12,17 @@ behind ``task_client_app``; they need Flower's simulation extra
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from bitwise import assert_bit_equal
 
 pytest.importorskip("flwr")
 
+from flower_fakes import SERVER_KEY, Nodes
 from flwr.app import (
     Array,
     ArrayRecord,
@@ -35,7 +37,6 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
-from flwr.supercore.task_identity import TaskIdentity
 
 from fedvc.compat.flower import FedvcStrategy, arrays_to_params, params_to_arrays
 from fedvc.compat.flower_client import task_client_app
@@ -46,34 +47,11 @@ from fedvc.participant import TrainResult
 from fedvc.replay import replay_history, snapshot_id
 from fedvc.repo import Repository
 from fedvc.round import ROUND_KEY, RoundError
-from fedvc.signing import SigningKey
 from fedvc.tensors import ParamMap
 from fedvc.trust import TrustStore
 from fedvc.verify import verify
 
-SERVER_KEY = SigningKey.from_seed(bytes(32))
-
-
 # -- driving a strategy by hand ---------------------------------------------------------
-
-
-class Nodes:
-    """The one part of a Grid that configure_train uses: the connected node ids."""
-
-    def __init__(self, node_ids: list[int]) -> None:
-        self.node_ids = node_ids
-
-    def get_node_ids(self) -> list[int]:
-        return self.node_ids
-
-
-@pytest.fixture
-def flower_task() -> Iterator[None]:
-    """The run and node identity Flower's runtime sets before a ServerApp builds messages."""
-    saved = TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
-    yield
-    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
 
 
 def model(seed: int = 0) -> dict[str, np.ndarray]:
@@ -157,13 +135,6 @@ def assert_audited(repo: Repository, rev: str = "main") -> None:
     assert replays and all(r.ok for r in replays), [r.detail for r in replays]
 
 
-def assert_bitwise(merged: dict[str, np.ndarray], expected: dict[str, np.ndarray]) -> None:
-    assert set(merged) == set(expected)
-    for name in expected:
-        assert merged[name].dtype == expected[name].dtype, name
-        assert merged[name].tobytes() == np.ascontiguousarray(expected[name]).tobytes(), name
-
-
 # -- conversions --------------------------------------------------------------------------
 
 
@@ -224,13 +195,13 @@ def test_each_round_is_a_signed_octopus_merge_that_matches_fedavg(
         assert record["flower"]["failures"] == 0
         # bitwise the fedvc FedAvg of what the commit records (what `verify --replay` redoes)
         expected, _ = fedavg().merge(repo.read_params(base), recorded_updates(repo, merge), {})
-        assert_bitwise(repo.read_params(oid), expected)
+        assert_bit_equal(repo.read_params(oid), expected)
 
     # Flower gets back exactly the tip of main, in the order it sent the arrays
     tip = repo.read_params("main")
     returned = arrays_to_params(arrays)
     assert list(returned) == list(model())
-    assert_bitwise(returned, tip)
+    assert_bit_equal(returned, tip)
     assert strategy.merges == [oid for oid, _ in history]
     report = verify(repo, "main", TrustStore([SERVER_KEY.public_key]))
     assert report.ok and report.signed == report.commits == 1 + 2 * 4
@@ -247,7 +218,7 @@ def test_a_registered_strategy_works_by_name_with_params(flower_task: None) -> N
     expected, _ = trimmed_mean(beta=0.2).merge(
         repo.read_params(merge.parents[0]), recorded_updates(repo, merge), {}
     )
-    assert_bitwise(arrays_to_params(merged), expected)
+    assert_bit_equal(arrays_to_params(merged), expected)
     assert_audited(repo)
 
 
@@ -304,7 +275,7 @@ def test_bad_replies_are_rejected_listed_and_kept_out_of_the_store(flower_task: 
     expected, _ = median().merge(
         repo.read_params(merge.parents[0]), recorded_updates(repo, merge), {}
     )
-    assert_bitwise(arrays_to_params(merged), expected)
+    assert_bit_equal(arrays_to_params(merged), expected)
     assert_audited(repo)
 
 
@@ -350,7 +321,7 @@ def test_a_run_continues_from_main_with_its_strategy_state(flower_task: None) ->
     expected, _ = fedavgm(momentum=0.5).merge(
         repo.read_params(merge.parents[0]), recorded_updates(repo, merge), dict(velocity)
     )
-    assert_bitwise(repo.read_params(oid), expected)
+    assert_bit_equal(repo.read_params(oid), expected)
 
     # a branch of its own records an unrelated run next to main
     other = strategy_for(repo, branch="flower-run")
@@ -381,7 +352,7 @@ def test_a_fisher_strategy_asks_for_and_records_each_clients_fisher(flower_task:
     updates = recorded_updates(repo, merge)
     assert all(u.fisher is not None for u in updates) and len(updates) == 2
     expected, _ = fisher().merge(repo.read_params(merge.parents[0]), updates, {})
-    assert_bitwise(arrays_to_params(merged), expected)
+    assert_bit_equal(arrays_to_params(merged), expected)
     assert_audited(repo)
 
 
@@ -542,7 +513,7 @@ def test_fedavg_in_flowers_simulation_engine(
         assert all(p["message_id"] for p in provenance)  # ids the SuperLink gave the replies
         recorded = recorded_updates(repo, merge)
         expected, _ = fedavg().merge(repo.read_params(base), recorded, {})
-        assert_bitwise(repo.read_params(oid), expected)
+        assert_bit_equal(repo.read_params(oid), expected)
         flower = aggregate_arrayrecords(
             [
                 RecordDict(
@@ -558,7 +529,7 @@ def test_fedavg_in_flowers_simulation_engine(
         for name, value in arrays_to_params(flower).items():
             np.testing.assert_allclose(expected[name], value, rtol=1e-5, atol=1e-6)
         assert "train-loss" in merge.metadata["round"]["metrics"]
-    assert_bitwise(final, repo.read_params("main"))
+    assert_bit_equal(final, repo.read_params("main"))
     assert_audited(repo)
 
     x, y = digits_share(0, 1)
@@ -584,6 +555,6 @@ def test_a_robust_strategy_rejects_a_broken_fedvc_task_in_the_simulation(
         expected, _ = median().merge(
             repo.read_params(merge.parents[0]), recorded_updates(repo, merge), {}
         )
-        assert_bitwise(repo.read_params(oid), expected)
+        assert_bit_equal(repo.read_params(oid), expected)
     assert np.isfinite(final["fc.weight"]).all()
     assert_audited(repo)

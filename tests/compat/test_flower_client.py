@@ -16,39 +16,19 @@ import pytest
 
 pytest.importorskip("flwr")
 
+from flower_fakes import SERVER_KEY, Nodes
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp.strategy import FedAvg
-from flwr.supercore.task_identity import TaskIdentity
 
 from fedvc.compat.flower import FedvcStrategy, arrays_to_params, params_to_arrays
 from fedvc.compat.flower_client import task_client_app
 from fedvc.merge import Update, fedavg
 from fedvc.participant import TaskError, TrainResult
 from fedvc.repo import Repository
-from fedvc.signing import SigningKey
 from fedvc.tensors import ParamMap
 
-SERVER_KEY = SigningKey.from_seed(bytes(32))
-
-
-@pytest.fixture(autouse=True)
-def flower_task() -> Iterator[None]:
-    """The run and node identity Flower's runtime sets before a ServerApp builds messages."""
-    saved = TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
-    yield
-    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
-
-
-class Nodes:
-    """The one part of a Grid that configure_train uses: the connected node ids."""
-
-    def __init__(self, node_ids: list[int]) -> None:
-        self.node_ids = node_ids
-
-    def get_node_ids(self) -> list[int]:
-        return self.node_ids
+pytestmark = pytest.mark.usefixtures("flower_task")
 
 
 def model() -> dict[str, np.ndarray]:

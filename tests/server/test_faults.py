@@ -81,6 +81,8 @@ def start_client(root: Path, i: int, port: int) -> subprocess.Popen[bytes]:
                 "--task", "slow_task:task",
                 "--task-arg", f"delta={0.1 * (i + 1)}",
                 "--task-arg", "seconds=0.6",
+                "--task-arg", f"marks={root}",
+                "--task-arg", f"name=client-{i}",
             ],
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -127,11 +129,12 @@ def test_killed_client_and_killed_server_lose_and_repeat_no_round(tmp_path: Path
     clients = [start_client(tmp_path, i, port) for i in range(CLIENTS)]
     try:
         log = tmp_path / "server.log"
-        wait_for(lambda: merged_rounds(repo_dir) >= 1, "round 1 to merge", server, log)
-        time.sleep(0.3)  # round 2 is under way: client 0 is training
+        started = tmp_path / "client-0-round-2"  # client 0 is training round 2
+        wait_for(started.exists, "client 0 to start round 2", server, log)
         clients[0].send_signal(signal.SIGKILL)
         wait_for(lambda: merged_rounds(repo_dir) >= 2, "round 2 to close", server, log)
-        time.sleep(0.3)  # round 3 is under way
+        third = [tmp_path / f"client-{i}-round-3" for i in range(1, CLIENTS)]
+        wait_for(lambda: any(m.exists() for m in third), "round 3 to start", server, log)
         server.send_signal(signal.SIGKILL)
         server.wait(timeout=10)
         assert merged_rounds(repo_dir) in (2, 3)

@@ -11,8 +11,8 @@ from collections.abc import Callable, Iterator
 import grpc
 import numpy as np
 import pytest
-from conftest import Fleet, FleetFactory
 from fedvc_client.link import LinkError
+from fleet_harness import Fleet, FleetFactory
 
 from fedvc import wire
 from fedvc.objects import ObjectId, hash_object

@@ -11,10 +11,10 @@ from typing import Any
 
 import grpc
 import pytest
-from conftest import Fleet, FleetFactory, Pki
 from fedvc_client.link import Backoff, ClientTls, GrpcLink, LinkError
 from fedvc_server.servicer import start_server
 from fedvc_server.tls import server_credentials
+from fleet_harness import Fleet, FleetFactory, Pki
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from fedvc import wire
