@@ -9,7 +9,6 @@ round closes at its deadline even when no client calls.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Iterable
 
 from fedvc.coordinator import Coordinator, RoundObserver, RoundReport, SilentObserver
@@ -55,7 +54,7 @@ class FleetServer:
 
     def __init__(self, config: ServerConfig, *, progress: RoundObserver | None = None) -> None:
         self.config = config
-        self.metrics = FleetMetrics()
+        self.metrics = FleetMetrics(rounds=config.rounds)
         observers = [self.metrics] + ([progress] if progress is not None else [])
         self.coordinator: Coordinator = build_coordinator(config, observer=Observers(observers))
         self.servicer = FleetServicer(self.coordinator, on_bytes=self.metrics.count_bytes)
@@ -128,9 +127,8 @@ class FleetServer:
 class ProgressPrinter(SilentObserver):
     """Prints one line per closed round (and per rejection) for a person watching."""
 
-    def __init__(self, write: Callable[[str], None], *, started: float | None = None) -> None:
+    def __init__(self, write: Callable[[str], None]) -> None:
         self.write = write
-        self.started = time.monotonic() if started is None else started
 
     def rejected(self, reason: str) -> None:
         self.write(f"  rejected an update: {reason}")

@@ -28,7 +28,9 @@ class MetricsError(FedvcError):
 class FleetMetrics:
     """The counters the issue names, plus a ``RoundObserver`` interface to feed them."""
 
-    def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, *, clock: Callable[[], float] = time.monotonic, rounds: int | None = None
+    ) -> None:
         self.registry = CollectorRegistry()
         self._clock = clock
         self._seen: dict[str, float] = {}
@@ -74,7 +76,10 @@ class FleetMetrics:
         self.interference_score = Gauge(
             "fedvc_interference_score", "Interference score of the last round's updates", registry=r
         )
-        self.round = Gauge("fedvc_round", "The round in progress", registry=r)
+        self.round = Gauge(
+            "fedvc_round", "The round in progress (the last one once all are merged)", registry=r
+        )
+        self._rounds = rounds
 
     # -- RoundObserver ------------------------------------------------------------------
 
@@ -90,7 +95,8 @@ class FleetMetrics:
         self.aggregation_seconds.observe(report.aggregation_seconds)
         if report.interference_score is not None:
             self.interference_score.set(report.interference_score)
-        self.round.set(report.number + 1)
+        last = self._rounds is not None and report.number >= self._rounds
+        self.round.set(report.number if last else report.number + 1)
 
     # -- fed by the servicer -----------------------------------------------------------
 

@@ -9,6 +9,7 @@ import pytest
 from fedvc_server.bootstrap import build_coordinator
 from fedvc_server.config import ConfigError, ServerConfig
 
+from fedvc.errors import FedvcError
 from fedvc.repo import Repository
 from fedvc.round import RoundConfig
 from fedvc.signing import KeyFileError, SigningKey
@@ -84,7 +85,7 @@ def test_the_initial_model_can_be_a_commit_the_repository_holds(tmp_path: Path) 
 def test_bad_settings_are_refused_before_anything_runs(
     tmp_path: Path, changes: dict[str, object], words: str
 ) -> None:
-    with pytest.raises(Exception) as caught:
+    with pytest.raises(FedvcError) as caught:  # a clear error, never a traceback
         build_coordinator(setup(tmp_path, **changes))
     assert words in str(caught.value)
 

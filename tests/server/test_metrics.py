@@ -40,6 +40,9 @@ def test_observer_events_move_the_right_series() -> None:
     assert sample(metrics, "fedvc_aggregation_seconds_count") == 1
     assert sample(metrics, "fedvc_interference_score") == 0.25
     assert sample(metrics, "fedvc_round") == 4
+    bounded = FleetMetrics(rounds=3)
+    bounded.round_closed(report)  # the last of 3 rounds: no round 4 is in progress
+    assert sample(bounded, "fedvc_round") == 3
     assert sample(metrics, "fedvc_clients_connected") == 2
     now[0] += 61
     metrics.client_seen("a")

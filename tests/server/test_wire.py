@@ -71,7 +71,8 @@ def test_a_config_that_is_not_json_cannot_be_offered() -> None:
 
 
 def test_key_ids_are_validated() -> None:
-    assert wire.decode_next_round_request(wire.encode_next_round_request("0123456789abcdef"))
+    key_id = wire.decode_next_round_request(wire.encode_next_round_request("0123456789abcdef"))
+    assert key_id == "0123456789abcdef"
     for bad in ("", "0123456789ABCDEF", "0123", "0123456789abcdef0"):
         with pytest.raises(wire.WireError, match="16 lowercase hex"):
             wire.decode_next_round_request(wire.encode_next_round_request(bad))
