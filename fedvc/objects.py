@@ -260,7 +260,8 @@ class Commit:
             raise MalformedObjectError(
                 f"commit message must be text, got {type(self.message).__name__}"
             )
-        canonical_json(self.unsigned_json())  # raises on text that is not valid Unicode
+        canonical_json(self.message)  # raises on text that is not valid Unicode (the
+        # metadata was encoded once already, in __post_init__)
 
     def unsigned_json(self) -> dict[str, Any]:
         return {

@@ -11,11 +11,21 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from fedvc.barrier import BarrierError, BarrierResult
+
+
+def _canvas(path: str | Path, size: tuple[float, float]) -> tuple[Path, Figure, Axes]:
+    """The PNG's path (its folder created) and a figure with one axes on the Agg canvas."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    figure = Figure(figsize=size, dpi=120, layout="constrained")
+    FigureCanvasAgg(figure)
+    return target, figure, figure.add_subplot()
 
 
 def plot_barriers(
@@ -33,11 +43,7 @@ def plot_barriers(
     """
     if not results:
         raise BarrierError("plot_barriers needs at least one BarrierResult to draw, got none")
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    figure = Figure(figsize=(6.4, 4.8), dpi=120, layout="constrained")
-    FigureCanvasAgg(figure)
-    axes = figure.add_subplot()
+    target, figure, axes = _canvas(path, (6.4, 4.8))
     for name, result in results.items():
         (line,) = axes.plot(
             result.ts,
@@ -76,11 +82,7 @@ def plot_rounds(
     """
     if not series:
         raise ValueError("plot_rounds needs at least one series to draw, got none")
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    figure = Figure(figsize=(6.4, 4.8), dpi=120, layout="constrained")
-    FigureCanvasAgg(figure)
-    axes = figure.add_subplot()
+    target, figure, axes = _canvas(path, (6.4, 4.8))
     styles = ("-", "--", ":", "-.")
     markers = ("o", "s", "^", "D", "v", "x")
     for index, (label, points) in enumerate(series.items()):
@@ -126,17 +128,10 @@ def plot_partition(
     ):
         if given is not None and len(given) != wanted:
             raise ValueError(f"{what} needs {wanted} labels for this table, got {len(given)}")
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
     rows, columns = counts.shape
     shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
-    figure = Figure(
-        figsize=(min(4 + 0.3 * columns, 16), min(2.5 + 0.25 * rows, 12)),
-        dpi=120,
-        layout="constrained",
-    )
-    FigureCanvasAgg(figure)
-    axes = figure.add_subplot()
+    size = (min(4 + 0.3 * columns, 16), min(2.5 + 0.25 * rows, 12))
+    target, figure, axes = _canvas(path, size)
     image = axes.imshow(shares, aspect="auto", cmap="viridis", interpolation="nearest", vmin=0)
     figure.colorbar(image, ax=axes, label="share of the client's examples")
     if columns <= 40:
