@@ -10,9 +10,12 @@ train/test split:
     (``fedavg``), matched averaging (``matched``: Git Re-Basin's MergeMany, then the
     example-weighted mean) and matched Fisher merging (``matched_fisher``: the same
     alignment, then each coordinate weighted by its client's diagonal Fisher, which the
-    alignment permutes with the weights). Printed: each client's test accuracy, the best
-    client, the three merges, and the ensemble that averages the five clients' logits
-    (five models' inference cost, a reference point rather than a merge).
+    alignment permutes with the weights), and RegMean (``regmean``: each linear layer
+    solved as the regression that best reproduces every client's layer on its own
+    inputs, from the Gram matrices of those inputs that each client sends; no alignment).
+    Printed: each client's test accuracy, the best client, the four merges, and the
+    ensemble that averages the five clients' logits (five models' inference cost, a
+    reference point rather than a merge).
     Targets: naive collapses (about 0.2), matched >= 0.78, matched + Fisher >= 0.85 and
     above the best single client.
 
@@ -50,12 +53,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from fedvc_client.fisher import estimate_fisher
+from fedvc_client.regmean import layer_grams
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
 from fedvc.align import apply_permutation, infer_spec, weight_matching
 from fedvc.barrier import BarrierResult, loss_barrier
-from fedvc.merge import Update, fedavg, matched, matched_fisher
+from fedvc.merge import Update, fedavg, matched, matched_fisher, regmean
 from fedvc.plots import plot_barriers
 from fedvc.simulation import dirichlet, partition_table
 from fedvc.tensors import ParamMap
@@ -110,6 +114,7 @@ class MergeFigures:
     naive: float
     matched: float
     matched_fisher: float
+    regmean: float
 
 
 def load_data() -> Data:
@@ -228,7 +233,10 @@ def run_merge(
             model, x, y, draws=fisher_draws, empirical=empirical, seed=client_seed
         )
         params = frozen(model)
-        updates.append(Update(params, weight=float(len(rows)), client=f"client{i}", fisher=fisher))
+        grams = layer_grams(model, x)
+        updates.append(
+            Update(params, weight=float(len(rows)), client=f"client{i}", fisher=fisher, grams=grams)
+        )
         scores.append(accuracy(logits_of(probe, params, data.x_test), data.y_test))
         if verbose:
             print(
@@ -244,6 +252,7 @@ def run_merge(
         ("naive", fedavg()),
         ("matched", matched()),
         ("matched_fisher", matched_fisher()),
+        ("regmean", regmean()),
     ):
         started = time.perf_counter()
         params, _ = strategy.merge(None, updates, {})
@@ -261,6 +270,7 @@ def run_merge(
         naive=merged["naive"],
         matched=merged["matched"],
         matched_fisher=merged["matched_fisher"],
+        regmean=merged["regmean"],
     )
 
 
@@ -325,6 +335,11 @@ def report_merge(figures: MergeFigures) -> None:
             figures.matched_fisher,
             f"target >= 0.85 and > best client: "
             f"{_mark(figures.matched_fisher >= 0.85 and figures.matched_fisher > best)}",
+        ),
+        (
+            "regmean (layer Gram matrices)",
+            figures.regmean,
+            f"above the best client: {'yes' if figures.regmean > best else 'no'}",
         ),
         ("ensemble of logits (reference)", figures.ensemble, "5 models at inference"),
     ]

@@ -141,6 +141,16 @@ def uses_fisher(spec: StrategySpec) -> bool:
     return spec.name in FISHER_STRATEGIES or any(uses_fisher(c) for c in spec.children)
 
 
+def check_carried(spec: StrategySpec) -> None:
+    """Refuse a strategy whose inputs rounds do not carry: ``regmean`` needs each client's
+    Gram matrices, which updates cannot attach yet (their Fisher, they can)."""
+    if spec.name == "regmean" or any(c.name == "regmean" for c in spec.children):
+        raise RoundError(
+            "regmean merges with each client's Gram matrices, which rounds do not carry "
+            "yet: use it on updates in Python (fedvc.merge.regmean) or choose another strategy"
+        )
+
+
 def _key_id(author: str) -> str:
     """The key id of a commit's author (a 64-hex public key), or "" if there is none."""
     try:
@@ -182,6 +192,7 @@ class Coordinator:
         self.clock = clock
         self.observer: RoundObserver = observer or SilentObserver()
         self._lock = threading.RLock()
+        check_carried(strategy.spec)
         self._fisher = uses_fisher(strategy.spec)
         self._admitted_ever: set[ObjectId] = set()
         self._base_cache: tuple[ObjectId, ParamMap] | None = None

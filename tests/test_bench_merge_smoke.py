@@ -27,7 +27,13 @@ def test_tiny_merge_and_barrier(bench: ModuleType, capsys: pytest.CaptureFixture
         data, recipe, seed=0, clients=3, widths=(64, 16, 16, 10), fisher_draws=2, verbose=True
     )
     assert len(figures.clients) == 3 and sum(figures.sizes) == len(data.y_train)
-    for value in (figures.naive, figures.matched, figures.matched_fisher, figures.ensemble):
+    for value in (
+        figures.naive,
+        figures.matched,
+        figures.matched_fisher,
+        figures.regmean,
+        figures.ensemble,
+    ):
         assert 0.0 <= value <= 1.0
     assert min(figures.sizes) >= 10  # the Dirichlet split's min_size holds
     bench.report_merge(figures)
@@ -38,4 +44,4 @@ def test_tiny_merge_and_barrier(bench: ModuleType, capsys: pytest.CaptureFixture
     assert barriers["aligned"].losses[-1] == pytest.approx(barriers["naive"].losses[-1], rel=1e-5)
     bench.report_barrier(barriers)
     out = capsys.readouterr().out
-    assert "matched + Fisher" in out and "aligned" in out
+    assert "matched + Fisher" in out and "regmean" in out and "aligned" in out

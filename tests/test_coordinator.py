@@ -389,3 +389,8 @@ def test_a_round_that_cannot_be_merged_stops_the_coordinator_and_says_why() -> N
     with pytest.raises(RoundError, match="the coordinator stopped: a round could not be merged"):
         coord.next_round(str(CLIENTS[0].public_key.key_id))
     assert repo.refs.get_ref("refs/heads/main") == elsewhere  # nothing half-written
+
+
+def test_a_strategy_whose_inputs_rounds_do_not_carry_is_refused_up_front() -> None:
+    with pytest.raises(RoundError, match="regmean merges with each client's Gram matrices"):
+        coordinator(make_repo(), strategy="regmean")

@@ -37,7 +37,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from fedvc.admission import check_structure, check_values, params_layout
-from fedvc.coordinator import completed_rounds, uses_fisher
+from fedvc.coordinator import check_carried, completed_rounds, uses_fisher
 from fedvc.merge.base import MergeError, MergeStrategy, State
 from fedvc.merge.registry import make
 from fedvc.objects import ObjectId, short_id
@@ -158,6 +158,7 @@ class FedvcStrategy(FedAvg):
         self.clock = clock
         self.merges: list[ObjectId] = []
         """The merge commits this strategy wrote, in order."""
+        check_carried(self.merge_strategy.spec)
         self._fisher = uses_fisher(self.merge_strategy.spec)
         self._strategy_state: State | None = None
         self._open: _OpenRound | None = None

@@ -15,6 +15,7 @@ from fedvc.merge.fedavg import fedadagrad, fedadam, fedavg, fedavgm, fedyogi
 from fedvc.merge.fisher import fisher
 from fedvc.merge.matched import align, matched, matched_fisher
 from fedvc.merge.registry import make, register, strategy_from_spec
+from fedvc.merge.regmean import regmean
 from fedvc.merge.robust import clip_by_norm, krum, median, multikrum, trimmed_mean
 from fedvc.merge.task import dare, slerp, task_arithmetic, ties
 
@@ -43,6 +44,7 @@ __all__ = [
     "median",
     "multikrum",
     "register",
+    "regmean",
     "slerp",
     "strategy_from_spec",
     "task_arithmetic",

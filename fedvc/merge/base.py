@@ -91,8 +91,10 @@ class Update:
     ``params`` is the client's whole model after local training (strategies that need a
     delta compute ``params - base``); ``weight`` is how much it counts (usually its number
     of training examples); ``fisher`` is its diagonal Fisher information when the client
-    sent one; ``extras`` holds anything else attached to it (optimizer moments), which an
-    alignment permutes together with ``params``. ``client`` is a stable id (the update's
+    sent one; ``grams`` the Gram matrix of each linear layer's inputs on the client's data,
+    keyed by the layer's weight name (for ``regmean``); ``extras`` holds anything else
+    attached to it (optimizer moments). An alignment permutes all of them together with
+    ``params``. ``client`` is a stable id (the update's
     commit id), distinct within a round: updates are merged in ``client`` order, so the
     same inputs give the same bits whatever order they arrived in.
     """
@@ -101,6 +103,7 @@ class Update:
     weight: float = 1.0
     client: str = ""
     fisher: ParamMap | None = None
+    grams: ParamMap | None = None
     extras: Mapping[str, ParamMap] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -24,6 +24,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
+import numpy as np
+
 from fedvc.align import PermutationSpec, apply_permutation, infer_spec, merge_many, weight_matching
 from fedvc.merge.base import (
     MergeError,
@@ -43,7 +45,7 @@ from fedvc.tensors import ParamMap
 def permute_update(
     spec: PermutationSpec, perms: Mapping[str, Any], update: Update, params: ParamMap | None = None
 ) -> Update:
-    """``update`` with its params, Fisher and extras all permuted by ``perms``.
+    """``update`` with its params, Fisher, Grams and extras all permuted by ``perms``.
 
     ``params`` may pass the already permuted params (MergeMany computes them). Extras
     (optimizer moments) usually cover the trainable tensors only, not buffers such as
@@ -52,10 +54,34 @@ def permute_update(
     return update.with_params(
         apply_permutation(spec, perms, update.params) if params is None else params,
         fisher=None if update.fisher is None else apply_permutation(spec, perms, update.fisher),
+        grams=None if update.grams is None else _permute_grams(spec, perms, update.grams),
         extras={
             k: apply_permutation(spec, perms, v, strict=False) for k, v in update.extras.items()
         },
     )
+
+
+def _permute_grams(
+    spec: PermutationSpec, perms: Mapping[str, Any], grams: ParamMap
+) -> dict[str, np.ndarray]:
+    """Each layer's input Gram with its rows and columns in the permuted input order (the
+    bias's ones column, last, stays): ``G'[j, k] = G[p[j], p[k]]``."""
+    result = dict(grams)
+    for name, gram in grams.items():
+        axes = spec.axes_to_perm.get(name, ())
+        inputs = axes[1] if len(axes) > 1 else None
+        if inputs is None:
+            continue
+        if name in spec.views:
+            raise MergeError(
+                f"the Gram of {name!r} cannot be permuted: the spec reshapes that weight, so "
+                "its inputs are not one permuted axis; merge it without alignment"
+            )
+        order = np.asarray(perms[inputs])
+        if gram.shape[0] == order.size + 1:
+            order = np.append(order, order.size)
+        result[name] = np.asarray(gram)[np.ix_(order, order)]
+    return result
 
 
 def align(

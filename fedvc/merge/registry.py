@@ -21,6 +21,7 @@ from fedvc.merge.compose import chain
 from fedvc.merge.fedavg import fedadagrad, fedadam, fedavg, fedavgm, fedyogi
 from fedvc.merge.fisher import fisher
 from fedvc.merge.matched import align, matched, matched_fisher
+from fedvc.merge.regmean import regmean
 from fedvc.merge.robust import clip_by_norm, krum, median, multikrum, trimmed_mean
 from fedvc.merge.task import dare, slerp, task_arithmetic, ties
 
@@ -37,6 +38,7 @@ BUILTIN: dict[str, Factory] = {
     "align": align,
     "matched": matched,
     "matched_fisher": matched_fisher,
+    "regmean": regmean,
     "median": median,
     "trimmed_mean": trimmed_mean,
     "krum": krum,
