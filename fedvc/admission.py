@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from fedvc.diff import distance as param_distance
+from fedvc.merge.regmean import bias_of
 from fedvc.objects import Commit, ObjectId, Snapshot, is_object_id
 from fedvc.round import ROUND_KEY, Admitted, RoundState, UpdateRejected
 from fedvc.signing import PublicKey, commit_signature_valid
@@ -38,6 +39,8 @@ def admit(
     base_params: Callable[[ObjectId], ParamMap],
     fisher_snapshot: Snapshot | None,
     require_fisher: bool = False,
+    grams_snapshot: Snapshot | None = None,
+    require_grams: bool = False,
     max_norm: float | None = None,
 ) -> tuple[RoundState, Admitted]:
     """Check one update commit at the door; return the state that counts it.
@@ -75,12 +78,19 @@ def admit(
             "not_assigned",
             f"client {key.key_id} has no place in round {state.number}; ask for work first",
         )
-    examples, metrics, fisher_id = _update_metadata(commit_id, meta)
+    examples, metrics = _update_metadata(commit_id, meta)
+    fisher_id, grams_id = (_attached_id(commit_id, meta, k) for k in ("fisher", "grams"))
     if require_fisher and fisher_snapshot is None:
         raise UpdateRejected(
             "bad_metadata",
             f"this round merges with Fisher information; commit {commit_id} carries none "
             "(metadata 'fisher' must name the snapshot of its diagonal Fisher)",
+        )
+    if require_grams and grams_snapshot is None:
+        raise UpdateRejected(
+            "bad_metadata",
+            f"this round merges with each layer's input Gram matrix; commit {commit_id} "
+            "carries none (metadata 'grams' must name the snapshot of its Grams)",
         )
     base_layout = snapshot_layout(base_snapshot)
     check_structure("model", base_layout, snapshot_layout(update_snapshot))
@@ -89,6 +99,9 @@ def admit(
     if fisher_snapshot is not None:
         check_structure("Fisher", base_layout, snapshot_layout(fisher_snapshot), fisher=True)
         check_values("Fisher", read(fisher_snapshot), fisher=True)
+    if grams_snapshot is not None:
+        check_grams(base_layout, snapshot_layout(grams_snapshot))
+        check_values("Grams", read(grams_snapshot))
     if max_norm is not None:
         distance = param_distance(base_params(state.base), params)
         if not distance <= max_norm:
@@ -96,7 +109,7 @@ def admit(
                 "norm",
                 f"the update moves the model by L2 {distance:.6g}, above the bound {max_norm:g}",
             )
-    admitted = Admitted(commit_id, key.key_id, examples, metrics, fisher_id)
+    admitted = Admitted(commit_id, key.key_id, examples, metrics, fisher_id, grams_id)
     return replace(state, admitted=(*state.admitted, admitted)), admitted
 
 
@@ -116,9 +129,7 @@ def _signer(commit: Commit, trust: TrustStore) -> PublicKey:
     return key
 
 
-def _update_metadata(
-    commit_id: ObjectId, meta: Mapping[str, Any]
-) -> tuple[int, dict[str, float], ObjectId | None]:
+def _update_metadata(commit_id: ObjectId, meta: Mapping[str, Any]) -> tuple[int, dict[str, float]]:
     examples = meta.get("examples")
     if not isinstance(examples, int) or isinstance(examples, bool) or examples < 1:
         raise UpdateRejected(
@@ -136,14 +147,19 @@ def _update_metadata(
             f"commit {commit_id}: metadata 'metrics' must map names to finite numbers, "
             f"got {metrics!r}",
         )
-    fisher = meta.get("fisher")
-    if fisher is not None and not is_object_id(fisher):
+    return examples, {k: float(v) for k, v in metrics.items()}
+
+
+def _attached_id(commit_id: ObjectId, meta: Mapping[str, Any], key: str) -> ObjectId | None:
+    """The snapshot id an update names under ``key`` ("fisher", "grams"), if any."""
+    value = meta.get(key)
+    if value is not None and not is_object_id(value):
         raise UpdateRejected(
             "bad_metadata",
-            f"commit {commit_id}: metadata 'fisher' must be a snapshot id (64 hex digits), "
-            f"got {str(fisher)[:80]!r}",
+            f"commit {commit_id}: metadata {key!r} must be a snapshot id (64 hex digits), "
+            f"got {str(value)[:80]!r}",
         )
-    return examples, {k: float(v) for k, v in metrics.items()}, fisher
+    return value
 
 
 Layout = Mapping[str, tuple[str, tuple[int, ...]]]
@@ -182,6 +198,24 @@ def check_structure(what: str, base: Layout, other: Layout, *, fisher: bool = Fa
                 "structure",
                 f"{what} tensor {name!r}: expected {dtype}{list(shape)} like the base, got "
                 f"{got_dtype}{list(got_shape)}",
+            )
+
+
+def check_grams(base: Layout, grams: Layout) -> None:
+    """Raise ``UpdateRejected("structure")`` unless every Gram belongs to a 2-D floating
+    weight of the base and is square over its inputs (plus one for its bias, if any)."""
+    for name, (dtype, shape) in grams.items():
+        weight = base.get(name)
+        if weight is None or len(weight[1]) != 2 or not weight[0].startswith("float"):
+            raise UpdateRejected(
+                "structure", f"a Gram is named {name!r}, which is not a 2-D floating weight"
+            )
+        side = weight[1][1] + (bias_of(name, base) is not None)
+        if shape != (side, side) or not dtype.startswith("float"):
+            raise UpdateRejected(
+                "structure",
+                f"the Gram of {name!r} must be a floating {side}x{side} matrix (inputs, plus "
+                f"one for the bias), got {dtype}{list(shape)}",
             )
 
 

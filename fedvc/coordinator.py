@@ -141,14 +141,9 @@ def uses_fisher(spec: StrategySpec) -> bool:
     return spec.name in FISHER_STRATEGIES or any(uses_fisher(c) for c in spec.children)
 
 
-def check_carried(spec: StrategySpec) -> None:
-    """Refuse a strategy whose inputs rounds do not carry: ``regmean`` needs each client's
-    Gram matrices, which updates cannot attach yet (their Fisher, they can)."""
-    if spec.name == "regmean" or any(c.name == "regmean" for c in spec.children):
-        raise RoundError(
-            "regmean merges with each client's Gram matrices, which rounds do not carry "
-            "yet: use it on updates in Python (fedvc.merge.regmean) or choose another strategy"
-        )
+def uses_grams(spec: StrategySpec) -> bool:
+    """True when ``spec`` or any strategy it chains merges with the layers' input Grams."""
+    return spec.name == "regmean" or any(uses_grams(c) for c in spec.children)
 
 
 def _key_id(author: str) -> str:
@@ -192,8 +187,8 @@ class Coordinator:
         self.clock = clock
         self.observer: RoundObserver = observer or SilentObserver()
         self._lock = threading.RLock()
-        check_carried(strategy.spec)
         self._fisher = uses_fisher(strategy.spec)
+        self._grams = uses_grams(strategy.spec)
         self._admitted_ever: set[ObjectId] = set()
         self._base_cache: tuple[ObjectId, ParamMap] | None = None
         self._closing = False
@@ -345,16 +340,21 @@ class Coordinator:
         config = dict(self.config.round.train)
         if self._fisher:
             config["fisher"] = True
+        if self._grams:
+            config["grams"] = True
         return config
 
     def _admit(
         self, state: RoundState, commit_id: ObjectId, commit: Commit
     ) -> tuple[RoundState, Admitted]:
-        fisher_id = attached_snapshots(commit).get("Fisher")  # a malformed one: bad_metadata
+        attached = attached_snapshots(commit)  # a malformed id: bad_metadata at the door
         try:
             base = self.repo.get_snapshot(self.repo.get_commit(state.base).snapshot)
             snapshot = self.repo.get_snapshot(commit.snapshot)
-            fisher = None if fisher_id is None else self.repo.get_snapshot(fisher_id)
+            fisher, grams = (
+                self.repo.get_snapshot(attached[k]) if k in attached else None
+                for k in ("Fisher", "Grams")
+            )
         except (ObjectNotFoundError, StoreError) as exc:
             raise UpdateRejected("missing_objects", f"commit {commit_id}: {exc}") from None
         try:
@@ -370,6 +370,8 @@ class Coordinator:
                 base_params=self._base_params,
                 fisher_snapshot=fisher,
                 require_fisher=self._fisher,
+                grams_snapshot=grams,
+                require_grams=self._grams,
                 max_norm=self.config.round.max_norm,
             )
         except (ObjectNotFoundError, StoreError) as exc:

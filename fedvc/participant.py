@@ -39,13 +39,16 @@ class TrainResult:
     ``params`` is the whole model after training (same names, shapes and dtypes as the
     base); ``examples`` the number of training examples it saw (its weight in FedAvg);
     ``metrics`` finite numbers such as ``loss`` and ``accuracy``; ``fisher`` the diagonal
-    Fisher information when the round's config has ``fisher = true``.
+    Fisher information when the round's config has ``fisher = true``; ``grams`` the Gram
+    matrix of each linear layer's inputs (``fedvc_client.regmean.layer_grams``) when it
+    has ``grams = true``.
     """
 
     params: ParamMap
     examples: int
     metrics: Mapping[str, float] = field(default_factory=dict)
     fisher: ParamMap | None = None
+    grams: ParamMap | None = None
 
 
 class Task(Protocol):
@@ -134,7 +137,7 @@ class Participant:
         base = self.repo.read_params(offer.base)
         config = {**offer.config, "round": offer.number}
         result = self.task.train(base, config)
-        check_result(result, wants_fisher=bool(offer.config.get("fisher")))
+        check_result(result, offer.config)
         metadata: dict[str, Any] = {
             ROUND_KEY: offer.number,
             "examples": int(result.examples),
@@ -142,6 +145,8 @@ class Participant:
         }
         if result.fisher is not None:
             metadata["fisher"] = self.repo.write_snapshot(result.fisher)
+        if result.grams is not None:
+            metadata["grams"] = self.repo.write_snapshot(result.grams)
         snapshot = self.repo.write_snapshot(result.params)
         return self.repo.write_commit(
             snapshot,
@@ -167,8 +172,9 @@ class Participant:
         return len(needed)
 
 
-def check_result(result: object, *, wants_fisher: bool) -> None:
-    """Raise ``TaskError`` unless ``result`` is a ``TrainResult`` a round can use.
+def check_result(result: object, config: Mapping[str, Any]) -> None:
+    """Raise ``TaskError`` unless ``result`` is a ``TrainResult`` the round whose training
+    ``config`` it answers can use (with a Fisher, or Grams, when the config asks).
 
     Public so that every runner of a ``Task`` (this participant, the Flower client
     adapter) reports a task's mistakes in the same words.
@@ -187,8 +193,13 @@ def check_result(result: object, *, wants_fisher: bool) -> None:
             f"TrainResult.examples must be a positive int (training examples seen), got "
             f"{result.examples!r}"
         )
-    if wants_fisher and result.fisher is None:
+    if config.get("fisher") and result.fisher is None:
         raise TaskError(
             "this round merges with Fisher information (config fisher = true), but the "
             "task returned no TrainResult.fisher"
+        )
+    if config.get("grams") and result.grams is None:
+        raise TaskError(
+            "this round merges with each layer's input Gram matrix (config grams = true), "
+            "but the task returned no TrainResult.grams (fedvc_client.regmean.layer_grams)"
         )

@@ -117,6 +117,7 @@ class Admitted:
     examples: int
     metrics: Mapping[str, float]
     fisher: ObjectId | None  # snapshot id of the client's diagonal Fisher, when it sent one
+    grams: ObjectId | None = None  # snapshot id of its layers' input Grams, when it sent them
 
     def to_json(self) -> dict[str, Any]:
         record: dict[str, Any] = {
@@ -127,19 +128,22 @@ class Admitted:
         }
         if self.fisher is not None:
             record["fisher"] = self.fisher
+        if self.grams is not None:
+            record["grams"] = self.grams
         return record
 
     @classmethod
     def from_json(cls, record: Mapping[str, Any]) -> Admitted:
         """The participant a merge commit records; ids are checked, since a history read
         back may have been written by anyone."""
-        fisher = record.get("fisher")
+        fisher, grams = record.get("fisher"), record.get("grams")
         return cls(
             validate_object_id(record.get("commit"), "participant commit"),
             KeyId(str(record.get("key_id", ""))),
             int(record.get("examples", 0)),
             dict(record.get("metrics", {})),
             None if fisher is None else validate_object_id(fisher, "participant Fisher"),
+            None if grams is None else validate_object_id(grams, "participant Grams"),
         )
 
 

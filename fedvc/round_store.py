@@ -20,24 +20,25 @@ from fedvc.transport import WireObject
 
 def admitted_update(repo: Repository, admitted: Admitted) -> Update:
     """The ``Update`` an admitted commit contributes: its model (memory-mapped), weighted by
-    its example count, named by its commit id, with its Fisher when it sent one."""
+    its example count, named by its commit id, with its Fisher and Grams when it sent them."""
     commit = repo.get_commit(admitted.commit)
-    fisher = repo.read_snapshot(admitted.fisher) if admitted.fisher else None
     return Update(
         repo.read_snapshot(commit.snapshot),
         weight=float(admitted.examples),
         client=admitted.commit,
-        fisher=fisher,
+        fisher=repo.read_snapshot(admitted.fisher) if admitted.fisher else None,
+        grams=repo.read_snapshot(admitted.grams) if admitted.grams else None,
     )
 
 
 def attached_snapshots(commit: Commit) -> dict[str, ObjectId]:
     """Snapshots a commit names in its metadata rather than as its model: an update's
-    diagonal Fisher, a round merge's saved strategy state. They are part of what a replay
+    diagonal Fisher or layer Grams, a round merge's saved strategy state. They are part of what a replay
     reads, so ``verify`` checks them like the model itself."""
     record = commit.metadata.get("round")
     found = {
         "Fisher": commit.metadata.get("fisher"),
+        "Grams": commit.metadata.get("grams"),
         "strategy state": record.get("strategy_state") if isinstance(record, Mapping) else None,
     }
     attached = {}

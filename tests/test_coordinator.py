@@ -13,6 +13,7 @@ from fedvc.coordinator import Coordinator, CoordinatorConfig, RoundLog, uses_fis
 from fedvc.merge.registry import make
 from fedvc.objects import ObjectId
 from fedvc.participant import Participant, TaskError, TrainResult
+from fedvc.replay import replay_history
 from fedvc.repo import Repository
 from fedvc.round import ROUND_KEY, RoundConfig, RoundError, UpdateRejected
 from fedvc.signing import SigningKey
@@ -391,6 +392,33 @@ def test_a_round_that_cannot_be_merged_stops_the_coordinator_and_says_why() -> N
     assert repo.refs.get_ref("refs/heads/main") == elsewhere  # nothing half-written
 
 
-def test_a_strategy_whose_inputs_rounds_do_not_carry_is_refused_up_front() -> None:
-    with pytest.raises(RoundError, match="regmean merges with each client's Gram matrices"):
-        coordinator(make_repo(), strategy="regmean")
+class ShiftWithGrams(Shift):
+    """Shift, sending a Gram for its one linear layer: the identity scaled by ``delta``."""
+
+    def train(self, params: ParamMap, config: Mapping[str, Any]) -> TrainResult:
+        result = super().train(params, config)
+        grams = {"layer.weight": self.delta * np.eye(5)} if config.get("grams") else None
+        return TrainResult(result.params, result.examples, result.metrics, grams=grams)
+
+
+def test_regmean_rounds_carry_each_clients_grams_to_the_merge(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path)
+    coord = coordinator(repo, rounds=1, strategy="regmean")
+    people = [
+        Participant(coord, ShiftWithGrams(i + 1.0), key, Repository.memory(clock=Clock()))
+        for i, key in enumerate(CLIENTS)
+    ]
+    run_round(people)
+    merge = repo.get_commit(repo.resolve("main"))
+    record = merge.metadata["round"]
+    assert (
+        all("grams" in p for p in record["participants"])
+        and record["strategy"]["name"] == "regmean"
+    )
+    # Grams c·I weight each client's layer by c: a shift of (1·1 + 2·2 + 3·3) / 6
+    np.testing.assert_allclose(repo.read_params("main")["layer.bias"], 14 / 6, rtol=1e-6)
+    report = verify(repo, "main", trust=TRUST.with_key(SERVER.public_key))
+    assert report.ok and all(r.ok for r in replay_history(repo, "main"))
+    stingy = coordinator(make_repo(), rounds=1, strategy="regmean")
+    with pytest.raises(TaskError, match="config grams = true"):
+        participants(stingy)[0].step()  # a task that sends no Grams

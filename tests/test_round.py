@@ -127,12 +127,15 @@ class Door:
         meta: Mapping[str, Any] | None = None,
         parents: list[ObjectId] | None = None,
         fisher: Mapping[str, np.ndarray] | None = None,
+        grams: Mapping[str, np.ndarray] | None = None,
     ) -> ObjectId:
         base = self.repo.read_params(self.base)
         params = params or {k: v + shift for k, v in base.items()}
         metadata: dict[str, Any] = {ROUND_KEY: 4, "examples": 10, "metrics": {"loss": 0.5}}
         if fisher is not None:
             metadata["fisher"] = self.repo.write_snapshot(fisher)
+        if grams is not None:
+            metadata["grams"] = self.repo.write_snapshot(grams)
         metadata.update(meta or {})
         return self.repo.write_commit(
             self.repo.write_snapshot(params),
@@ -141,9 +144,12 @@ class Door:
             signer=key,
         )
 
-    def admit(self, oid: ObjectId, *, require_fisher: bool = False) -> RoundState:
+    def admit(
+        self, oid: ObjectId, *, require_fisher: bool = False, require_grams: bool = False
+    ) -> RoundState:
         commit = self.repo.get_commit(oid)
-        fisher = attached_snapshots(commit).get("Fisher")  # as the coordinator reads it
+        attached = attached_snapshots(commit)  # as the coordinator reads it
+        fisher, grams = attached.get("Fisher"), attached.get("Grams")
         state, admitted = admit(
             self.state,
             oid,
@@ -156,6 +162,8 @@ class Door:
             base_params=self.repo.read_params,
             fisher_snapshot=None if fisher is None else self.repo.get_snapshot(fisher),
             require_fisher=require_fisher,
+            grams_snapshot=None if grams is None else self.repo.get_snapshot(grams),
+            require_grams=require_grams,
             max_norm=self.max_norm,
         )
         assert admitted.commit == oid and state.admitted[-1] == admitted
@@ -250,6 +258,7 @@ def test_nan_inf_and_norm_bound() -> None:
         ({"fisher": 7}, "snapshot id"),
         ({"fisher": "..//dev/zero"}, "snapshot id (64 hex digits), got '..//dev/zero'"),
         ({"fisher": ""}, "snapshot id"),
+        ({"grams": "nope"}, "metadata 'grams' must be a snapshot id"),
     ],
 )
 def test_malformed_metadata(meta: dict[str, Any], words: str) -> None:
@@ -275,6 +284,18 @@ def test_a_fisher_may_have_another_floating_dtype_but_not_another_shape_or_kind(
     assert "Fisher tensor 'w'" in words
     flat = {"w": np.ones(6, np.float32), "b": np.ones(3, np.float32)}
     _rejected(door, door.update(BOB, fisher=flat), "structure", require_fisher=True)
+
+
+def test_grams_belong_to_2d_weights_and_cover_their_inputs_and_bias() -> None:
+    """Door's base: w (2, 3) and b (3,). "w" takes 3 inputs (b is not its bias by name)."""
+    door = Door()
+    assert "grams" in _rejected(door, door.update(), "bad_metadata", require_grams=True)
+    (admitted,) = door.admit(door.update(grams={"w": np.eye(3)}), require_grams=True).admitted
+    assert admitted.grams is not None
+    for bad, words in (({"b": np.eye(3)}, "not a 2-D floating weight"), ({"w": np.eye(4)}, "3x3")):
+        assert words in _rejected(door, door.update(BOB, grams=bad), "structure")
+    nan = {"w": np.full((3, 3), np.nan)}
+    _rejected(door, door.update(BOB, grams=nan), "not_finite")
 
 
 def test_merge_round_is_independent_of_arrival_order_and_describes_the_round() -> None:

@@ -37,6 +37,7 @@ from fedvc.simulation.partition import stratified_holdout
 from fedvc.tensors import ParamMap
 from fedvc.torch_io import load_into_module, module_params
 from fedvc_client.fisher import estimate_fisher
+from fedvc_client.regmean import layer_grams
 from fedvc_client.training import TrainConfig, evaluate, train
 
 ModelFactory = Callable[[], torch.nn.Module]
@@ -102,11 +103,13 @@ class ArrayTask:
                     draws=int(config.get("fisher_draws", 4)),
                     seed=settings.seed,
                 )
+            grams = layer_grams(module, self.inputs) if config.get("grams") else None
         return TrainResult(
             params=module_params(module),  # views of a module made for this call alone
             examples=result.examples,
             metrics={"loss": result.loss},
             fisher=fisher,
+            grams=grams,
         )
 
 

@@ -37,7 +37,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from fedvc.admission import check_structure, check_values, params_layout
-from fedvc.coordinator import check_carried, completed_rounds, uses_fisher
+from fedvc.coordinator import completed_rounds, uses_fisher, uses_grams
 from fedvc.merge.base import MergeError, MergeStrategy, State
 from fedvc.merge.registry import make
 from fedvc.objects import ObjectId, short_id
@@ -158,7 +158,11 @@ class FedvcStrategy(FedAvg):
         self.clock = clock
         self.merges: list[ObjectId] = []
         """The merge commits this strategy wrote, in order."""
-        check_carried(self.merge_strategy.spec)
+        if uses_grams(self.merge_strategy.spec):
+            raise MergeError(
+                "regmean merges with each client's layer Gram matrices, which FedvcStrategy "
+                "does not collect from Flower replies yet; use it with fedvc's coordinator"
+            )
         self._fisher = uses_fisher(self.merge_strategy.spec)
         self._strategy_state: State | None = None
         self._open: _OpenRound | None = None

@@ -70,7 +70,7 @@ def task_client_app(
         config = _config(content)
         task = make_task(_partition_id(context))
         result = task.train(base, config)
-        check_result(result, wants_fisher=bool(config.get("fisher")))
+        check_result(result, config)
         metrics: dict[str, MetricRecordValues] = {weighted_by_key: result.examples}
         metrics.update({name: float(value) for name, value in result.metrics.items()})
         if timing_key is not None:

@@ -38,6 +38,8 @@ References:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
 from fedvc.merge.base import (
@@ -58,7 +60,7 @@ RIDGE = 1e-9
 """Added to the merged Gram's diagonal, relative to its mean diagonal entry."""
 
 
-def bias_of(weight: str, params: ParamMap) -> str | None:
+def bias_of(weight: str, params: Mapping[str, object]) -> str | None:
     """The bias that goes with a layer's weight (``"0.weight"`` → ``"0.bias"``), if any."""
     if not weight.endswith("weight"):
         return None

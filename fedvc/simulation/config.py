@@ -48,7 +48,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedvc.coordinator import check_carried
 from fedvc.errors import FedvcError
 from fedvc.merge import MergeError, MergeStrategy, StrategySpec, align, chain, strategy_from_spec
 from fedvc.repo import DEFAULT_BRANCH
@@ -372,7 +371,7 @@ def _strategies(source: str, items: list[Any]) -> tuple[StrategyConfig, ...]:
             )
         branches[branch] = label
         try:
-            check_carried(strategy.build().spec)
+            strategy.build()
         except (MergeError, FedvcError) as exc:
             raise ConfigError(f"{source}: {where} ({label}): {exc}") from None
         result.append(strategy)

@@ -80,7 +80,6 @@ def test_a_good_config_is_read_into_typed_values() -> None:
         ("strategy.1.label", "fedavg!", "'fedavg!' and 'FedAvg' both become branch 'fedavg'"),
         ("strategy.2.align", "activation", "align: expected one of none, weight"),
         ("strategy.1.label", "Main", "becomes branch 'main', which holds the initial model"),
-        ("strategy.0.name", "regmean", "Gram matrices, which rounds do not carry"),
         ("strategy", [], "no [[strategy]]"),
         ("extra", {}, "top level: unknown key(s) extra"),
     ],

@@ -65,3 +65,21 @@ def test_stdlib_text_one_client_per_package() -> None:
     raw["simulation"]["clients"] = 4
     with pytest.raises(PartitionError, match="3 groups, one client each, but clients = 4"):
         run_experiment(parse_config(raw), Repository.memory())
+
+
+def test_regmean_runs_in_a_simulation_on_the_grams_clients_send() -> None:
+    pytest.importorskip("fedvc_client")
+    raw: dict[str, Any] = {
+        "simulation": {"name": "rm", "rounds": 2, "clients": 4, "workers": 1},
+        "data": {"workload": "digits", "params": {"hidden": [16]}},
+        "partition": {"kind": "dirichlet", "alpha": 0.5},
+        "train": {"epochs": 1, "lr": 0.05, "batch_size": 32},
+        "strategy": [{"label": "RegMean", "name": "regmean"}],
+    }
+    repo = Repository.memory()
+    result = run_experiment(parse_config(raw), repo)
+    accuracy = [r.accuracy for r in result.runs[0].rounds]
+    assert accuracy[-1] is not None and accuracy[-1] > accuracy[0]  # type: ignore[operator]
+    merge = repo.get_commit(repo.resolve("regmean"))
+    participants = merge.metadata["round"]["participants"]
+    assert len(participants) == 4 and all("grams" in p for p in participants)
