@@ -364,3 +364,105 @@ def test_a_data_loader_that_returns_no_pair_is_a_usage_error(
         capsys, "barrier", "a.npz", "b.npz", "--model", "usertask:model", "--data", "badloader:data"
     )
     assert code == 2 and "must return (inputs, targets), got list" in err
+
+
+def least_squares_layer(x: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
+    """The linear layer (weight, bias) that best maps ``x`` to ``y``, in float64."""
+    solution = np.linalg.lstsq(np.hstack([x, np.ones((len(x), 1))]), y, rcond=None)[0]
+    return {"0.weight": solution[:-1].T.copy(), "0.bias": solution[-1].copy()}
+
+
+def gram(x: np.ndarray) -> dict[str, np.ndarray]:
+    with_ones = np.hstack([x, np.ones((len(x), 1))])
+    return {"0.weight": with_ones.T @ with_ones}
+
+
+def regression_clients() -> tuple[list[np.ndarray], list[np.ndarray]]:
+    rng = np.random.default_rng(7)
+    xs = [rng.standard_normal((40, 5)) + shift for shift in (0.0, 2.0)]
+    truth = rng.standard_normal((5, 3))
+    ys = [x @ truth + rng.standard_normal((40, 3)) for x in xs]
+    return xs, ys
+
+
+def test_regmean_takes_one_gram_file_per_input(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    xs, ys = regression_clients()
+    for i, (x, y) in enumerate(zip(xs, ys, strict=True)):
+        save_params(least_squares_layer(x, y), workdir / f"m{i}.safetensors")
+        save_params(gram(x), workdir / f"g{i}.safetensors")
+    argv = ["merge", "--strategy", "regmean", "--param", "alpha=1", "m0.safetensors"]
+    code, _, err = run(
+        capsys,
+        *argv,
+        "m1.safetensors",
+        "--gram",
+        "g0.safetensors",
+        "--gram",
+        "g1.safetensors",
+        "-o",
+        "r.safetensors",
+    )
+    assert code == 0, err
+    pooled = least_squares_layer(np.vstack(xs), np.vstack(ys))
+    merged = load_params(workdir / "r.safetensors")
+    for name in pooled:
+        np.testing.assert_allclose(merged[name], pooled[name], atol=1e-6)
+
+    code, _, err = run(capsys, *argv, "m1.safetensors", "-o", "r.safetensors")
+    assert code == 2 and "'m0.safetensors' carries no grams" in err and "--gram" in err
+    code, _, err = run(
+        capsys, *argv, "m1.safetensors", "--gram", "g0.safetensors", "-o", "r.safetensors"
+    )
+    assert code == 2 and "--gram given 1 times for 2 inputs" in err
+    save_params({"0.weight": np.eye(5)}, workdir / "small.safetensors")
+    code, _, err = run(
+        capsys,
+        *argv,
+        "m1.safetensors",
+        "--gram",
+        "g0.safetensors",
+        "--gram",
+        "small.safetensors",
+        "-o",
+        "r.safetensors",
+    )
+    assert code == 2 and "--gram small.safetensors does not fit INPUT 'm1.safetensors'" in err
+    assert "6x6" in err
+
+
+def test_merge_reads_the_fisher_and_grams_each_update_commit_attached(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Re-merging a round's updates by commit uses what each client sent with its update."""
+    xs, ys = regression_clients()
+    repo = Repository.init(workdir, clock=lambda: 1_000)
+    base = repo.commit_params(least_squares_layer(xs[0][:6], ys[0][:6]), "base")
+    updates = []
+    for i, (x, y) in enumerate(zip(xs, ys, strict=True)):
+        layer = least_squares_layer(x, y)
+        fisher = {k: np.full_like(v, 10.0 ** (6 - 12 * i)) for k, v in layer.items()}
+        metadata = {"grams": repo.write_snapshot(gram(x)), "fisher": repo.write_snapshot(fisher)}
+        updates.append(
+            repo.write_commit(
+                repo.write_snapshot(layer), parents=[base], message=f"c{i}", metadata=metadata
+            )
+        )
+    code, _, err = run(
+        capsys, "merge", "--strategy", "regmean", "--param", "alpha=1", *updates, "-o", "r.npz"
+    )
+    assert code == 0, err
+    pooled = least_squares_layer(np.vstack(xs), np.vstack(ys))
+    np.testing.assert_allclose(
+        load_params(workdir / "r.npz")["0.weight"], pooled["0.weight"], atol=1e-6
+    )
+
+    code, _, err = run(capsys, "merge", "--strategy", "fisher", *updates, "-o", "f.npz")
+    assert code == 0, err  # the first client's Fisher is 1e12 times the second's
+    first = repo.read_params(updates[0])
+    np.testing.assert_allclose(load_params(workdir / "f.npz")["0.weight"], first["0.weight"])
+
+    plain = repo.commit_params(least_squares_layer(xs[1], ys[1]), "no grams")
+    code, _, err = run(capsys, "merge", "--strategy", "regmean", updates[0], plain, "-o", "r.npz")
+    assert code == 2 and f"INPUT {plain!r} carries no grams" in err

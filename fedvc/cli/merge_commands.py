@@ -18,6 +18,12 @@ from typing import Any
 import numpy as np
 
 from fedvc import render
+from fedvc.admission import (
+    check_grams,
+    check_structure,
+    check_values,
+    params_layout,
+)
 from fedvc.align import (
     PermutationSpec,
     activation_matching,
@@ -36,11 +42,14 @@ from fedvc.cli.common import (
     parse_assignments,
     read_spec,
 )
+from fedvc.coordinator import uses_fisher, uses_grams
 from fedvc.interference import interference_report
 from fedvc.merge import MergeStrategy, StrategySpec, Update, align, chain, fedavg, make
 from fedvc.merge.matched import permute_update
 from fedvc.objects import ObjectId, short_id
 from fedvc.repo import Repository, branch_ref
+from fedvc.round import UpdateRejected
+from fedvc.round_store import attached_snapshots
 from fedvc.signing import SigningKey
 from fedvc.tensor_files import load_params, save_params
 from fedvc.tensors import ParamMap
@@ -129,16 +138,73 @@ def _activation_aligned(
     return aligned
 
 
+def _attached(
+    repo: Repository | None,
+    args: argparse.Namespace,
+    models: Sequence[ParamMap],
+    kind: str,
+    needed: bool,
+) -> list[ParamMap | None]:
+    """Each INPUT's Fisher (``kind="fisher"``) or Grams (``"grams"``), checked against it.
+
+    They come from the files given with ``--fisher`` / ``--gram``, one per INPUT, or, when
+    the strategy needs them and no file is given, from what each INPUT commit attached
+    (an update of a round names its Fisher and Grams in its metadata), so a round's
+    updates can be merged again from the command line with the same information.
+    """
+    option = "--fisher" if kind == "fisher" else "--gram"
+    files: list[str] = getattr(args, kind)
+    if files and len(files) != len(args.inputs):
+        raise UsageError(
+            f"{option} given {len(files)} times for {len(args.inputs)} inputs: one per INPUT"
+        )
+    found: list[tuple[str, ParamMap | None]]
+    if files:
+        found = [(f"{option} {f}", load_params(Path(f))) for f in files]
+    elif needed:
+        found = [
+            (f"the {kind} INPUT {spec} attached", _attachment(repo, spec, kind))
+            for spec in args.inputs
+        ]
+    else:
+        return [None] * len(args.inputs)
+    for (source, attached), model, spec in zip(found, models, args.inputs, strict=True):
+        if attached is None:
+            raise UsageError(
+                f"INPUT {spec!r} carries no {kind}, and the strategy merges with one per INPUT: "
+                f"give {option} FILE for every INPUT (same order), or merge update commits "
+                f"whose clients sent their {kind}"
+            )
+        try:
+            if kind == "fisher":
+                check_structure(
+                    "Fisher", params_layout(model), params_layout(attached), fisher=True
+                )
+            else:
+                check_grams(params_layout(model), params_layout(attached))
+            check_values(kind, attached, fisher=kind == "fisher")
+        except UpdateRejected as bad:
+            raise UsageError(f"{source} does not fit INPUT {spec!r}: {bad.detail}") from None
+    return [attached for _, attached in found]
+
+
+def _attachment(repo: Repository | None, spec: str, kind: str) -> ParamMap | None:
+    """The Fisher or Grams snapshot an INPUT commit names in its metadata, if any."""
+    if repo is None or is_model_file(spec):
+        return None
+    role = "Fisher" if kind == "fisher" else "Grams"
+    snapshot = attached_snapshots(repo.get_commit(repo.resolve(spec))).get(role)
+    return repo.read_snapshot(snapshot) if snapshot is not None else None
+
+
 def cmd_merge(args: argparse.Namespace) -> int:
     repo = maybe_repo(args)
     base = load_model(repo, args.base)[0] if args.base else None
     weights = _weights(args.weights, len(args.inputs))
-    if args.fisher and len(args.fisher) != len(args.inputs):
-        raise UsageError(
-            f"--fisher given {len(args.fisher)} times for {len(args.inputs)} inputs: one per INPUT"
-        )
-    fishers: list[dict[str, np.ndarray] | None] = [load_params(Path(f)) for f in args.fisher]
+    strategy = _strategy(args)
     models = [load_model(repo, spec)[0] for spec in args.inputs]
+    fishers = _attached(repo, args, models, "fisher", uses_fisher(strategy.spec))
+    grams = _attached(repo, args, models, "grams", uses_grams(strategy.spec))
     clients = [_client_id(repo, spec) for spec in args.inputs]
     for i, client in enumerate(clients):
         if client in clients[:i]:
@@ -147,13 +213,10 @@ def cmd_merge(args: argparse.Namespace) -> int:
                 " give each model once, and --weights to make one count more"
             )
     updates = [
-        Update(model, weight=w, client=client, fisher=f)
-        for model, client, w, f in zip(
-            models, clients, weights, fishers or [None] * len(args.inputs), strict=True
-        )
+        Update(model, weight=w, client=client, fisher=f, grams=g)
+        for model, client, w, f, g in zip(models, clients, weights, fishers, grams, strict=True)
     ]
     spec = read_spec(args.spec)
-    strategy = _strategy(args)
     recorded = strategy.spec
     if args.align == "weight":  # align here, so interference is measured in one basis too
         aligner = align(spec)
@@ -271,7 +334,17 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         action="append",
         default=[],
         metavar="FILE",
-        help="diagonal Fisher per INPUT, same order (for the fisher strategies)",
+        help="diagonal Fisher per INPUT, same order (for the fisher strategies; "
+        "default: the Fisher each INPUT commit attached)",
+    )
+    p.add_argument(
+        "--gram",
+        dest="grams",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="layer input Grams per INPUT, same order (for regmean; default: the Grams each "
+        "INPUT commit attached)",
     )
     p.add_argument(
         "--spec", metavar="SPEC.json", help="permutation spec when it cannot be inferred"

@@ -36,7 +36,7 @@ from flwr.common import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from fedvc.admission import check_structure, check_values, params_layout
+from fedvc.admission import check_grams, check_structure, check_values, params_layout
 from fedvc.coordinator import completed_rounds, uses_fisher, uses_grams
 from fedvc.merge.base import MergeError, MergeStrategy, State
 from fedvc.merge.registry import make
@@ -89,6 +89,7 @@ class _Reply:
     examples: int
     metrics: dict[str, float]
     fisher: dict[str, np.ndarray] | None
+    grams: dict[str, np.ndarray] | None
     provenance: dict[str, Any]
 
 
@@ -135,6 +136,10 @@ class FedvcStrategy(FedAvg):
     Strategies that merge with Fisher information (``fisher``, ``matched_fisher``) ask
     clients for it with ``config["fisher"] = True``; a client answers with a second
     ``ArrayRecord`` under ``fisher_key`` holding its diagonal Fisher, or is rejected.
+    ``regmean`` asks the same way for each linear layer's input Gram matrix
+    (``config["grams"] = True``, an ``ArrayRecord`` under ``grams_key`` keyed by the
+    layer's weight name). Both are recorded as snapshots the update commit names, as
+    fedvc's own clients attach them.
     """
 
     def __init__(
@@ -146,6 +151,7 @@ class FedvcStrategy(FedAvg):
         params: Mapping[str, Any] | None = None,
         branch: str = "main",
         fisher_key: str = "fisher",
+        grams_key: str = "grams",
         clock: Callable[[], float] = time.time,
         **fedavg_options: Any,
     ) -> None:
@@ -155,15 +161,12 @@ class FedvcStrategy(FedAvg):
         self.signer = signer
         self.branch = branch
         self.fisher_key = fisher_key
+        self.grams_key = grams_key
         self.clock = clock
         self.merges: list[ObjectId] = []
         """The merge commits this strategy wrote, in order."""
-        if uses_grams(self.merge_strategy.spec):
-            raise MergeError(
-                "regmean merges with each client's layer Gram matrices, which FedvcStrategy "
-                "does not collect from Flower replies yet; use it with fedvc's coordinator"
-            )
         self._fisher = uses_fisher(self.merge_strategy.spec)
+        self._grams = uses_grams(self.merge_strategy.spec)
         self._strategy_state: State | None = None
         self._open: _OpenRound | None = None
 
@@ -192,6 +195,8 @@ class FedvcStrategy(FedAvg):
         self._open = _OpenRound(server_round, state, params)
         if self._fisher:
             config["fisher"] = True
+        if self._grams:
+            config["grams"] = True
         messages: Iterable[Message] = super().configure_train(server_round, arrays, config, grid)
         return messages
 
@@ -268,10 +273,11 @@ class FedvcStrategy(FedAvg):
         )
 
     def _check(self, message: Message, base: ParamMap) -> _Reply:
-        """Check one reply at the door: one model, its example count, metrics, Fisher."""
+        """Check one reply at the door: one model, its example count, metrics, Fisher, Grams."""
         content = message.content
         where = _node(message)
-        models = {k: v for k, v in content.array_records.items() if k != self.fisher_key}
+        attached = (self.fisher_key, self.grams_key)
+        models = {k: v for k, v in content.array_records.items() if k not in attached}
         model = models.get(self.arrayrecord_key, next(iter(models.values())) if models else None)
         if model is None or (len(models) > 1 and self.arrayrecord_key not in models):
             raise UpdateRejected(
@@ -281,16 +287,24 @@ class FedvcStrategy(FedAvg):
             )
         examples, metrics = _metrics(where, content, self.weighted_by_key)
         params = _tensors(where, "model", model, base)
-        fisher = None
+        fisher = grams = None
         if self._fisher:
-            if self.fisher_key not in content.array_records:
-                raise UpdateRejected(
-                    "bad_metadata",
-                    f"{where} sent no Fisher; this round merges with {self.merge_strategy.spec} "
-                    f"and needs each client's diagonal Fisher as ArrayRecord {self.fisher_key!r}",
-                )
-            fisher = _tensors(where, "Fisher", content.array_records[self.fisher_key], base)
-        return _Reply(params, examples, metrics, fisher, _provenance(message))
+            record = self._attached(content, self.fisher_key, where, "diagonal Fisher")
+            fisher = _tensors(where, "Fisher", record, base)
+        if self._grams:
+            record = self._attached(content, self.grams_key, where, "layer input Grams")
+            grams = _grams(where, record, base)
+        return _Reply(params, examples, metrics, fisher, grams, _provenance(message))
+
+    def _attached(self, content: RecordDict, key: str, where: str, what: str) -> ArrayRecord:
+        """The ArrayRecord under ``key`` the round's strategy needs from every client."""
+        if key not in content.array_records:
+            raise UpdateRejected(
+                "bad_metadata",
+                f"{where} sent no {what}; this round merges with {self.merge_strategy.spec} "
+                f"and needs each client's {what} as ArrayRecord {key!r}",
+            )
+        return content.array_records[key]
 
     def _record(self, state: RoundState, reply: _Reply) -> Admitted:
         """Write the update commit a fedvc client would have written, signed for the node."""
@@ -300,9 +314,11 @@ class FedvcStrategy(FedAvg):
             "metrics": reply.metrics,
             "flower": reply.provenance,
         }
-        fisher = None
+        fisher = grams = None
         if reply.fisher is not None:
             fisher = metadata["fisher"] = self.repo.write_snapshot(reply.fisher)
+        if reply.grams is not None:
+            grams = metadata["grams"] = self.repo.write_snapshot(reply.grams)
         commit = self.repo.write_commit(
             self.repo.write_snapshot(reply.params),
             parents=[state.base],
@@ -310,7 +326,7 @@ class FedvcStrategy(FedAvg):
             metadata=metadata,
             signer=self.signer,
         )
-        return Admitted(commit, self.signer.key_id, reply.examples, reply.metrics, fisher)
+        return Admitted(commit, self.signer.key_id, reply.examples, reply.metrics, fisher, grams)
 
     def _merge(
         self,
@@ -405,12 +421,27 @@ def _metrics(where: str, content: RecordDict, key: str) -> tuple[int, dict[str, 
     return int(examples), metrics
 
 
-def _tensors(where: str, what: str, record: ArrayRecord, base: ParamMap) -> dict[str, np.ndarray]:
-    """The record's tensors, if they have the base's names, dtypes and shapes, all finite."""
+def _read(where: str, what: str, record: ArrayRecord) -> dict[str, np.ndarray]:
     try:
-        params = arrays_to_params(record)
+        return arrays_to_params(record)
     except (TensorError, TypeError, ValueError) as exc:
         raise UpdateRejected("structure", f"{where}: the {what} cannot be read: {exc}") from None
+
+
+def _grams(where: str, record: ArrayRecord, base: ParamMap) -> dict[str, np.ndarray]:
+    """The record's Grams, if each is a finite square Gram of one of the base's layers."""
+    grams = _read(where, "Grams", record)
+    try:
+        check_grams(params_layout(base), params_layout(grams))
+        check_values("Grams", grams)
+    except UpdateRejected as rejection:
+        raise UpdateRejected(rejection.reason, f"{where}: {rejection.detail}") from None
+    return grams
+
+
+def _tensors(where: str, what: str, record: ArrayRecord, base: ParamMap) -> dict[str, np.ndarray]:
+    """The record's tensors, if they have the base's names, dtypes and shapes, all finite."""
+    params = _read(where, what, record)
     try:
         check_structure(what, params_layout(base), params_layout(params), fisher=what == "Fisher")
         check_values(what, params, fisher=what == "Fisher")

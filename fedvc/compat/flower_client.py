@@ -14,7 +14,8 @@ Flower's ``server-round`` also given as ``round``, the key fedvc tasks seed thei
 shuffling from), the reply's MetricRecord carries ``num-examples`` (the key Flower's
 ``FedAvg`` weighs by) and the task's metrics, and a diagonal Fisher, when the round asks
 for one (``FedvcStrategy`` with a Fisher strategy sets ``config["fisher"]``), goes back
-as a second ArrayRecord under ``fisher``, where ``FedvcStrategy`` looks for it.
+as a second ArrayRecord under ``fisher``, where ``FedvcStrategy`` looks for it; so do
+a task's layer Grams, under ``grams``, when the round asks for them (``regmean``).
 
 Lives apart from ``flower.py`` (the server side) so that each stays a module one can
 read at a sitting; both are the only importers of ``flwr`` (see DESIGN.md).
@@ -43,6 +44,7 @@ def task_client_app(
     arrayrecord_key: str = "arrays",
     weighted_by_key: str = "num-examples",
     fisher_key: str = "fisher",
+    grams_key: str = "grams",
     timing_key: str | None = None,
 ) -> ClientApp:
     """A Flower ``ClientApp`` whose train messages run ``make_task(partition_id).train``.
@@ -83,6 +85,8 @@ def task_client_app(
         )
         if result.fisher is not None:
             reply[fisher_key] = params_to_arrays(_in_order(result.fisher, base))
+        if result.grams is not None:
+            reply[grams_key] = params_to_arrays(result.grams)
         return Message(reply, reply_to=message)
 
     return app

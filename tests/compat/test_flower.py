@@ -40,7 +40,7 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
 from fedvc.compat.flower import FedvcStrategy, arrays_to_params, params_to_arrays
 from fedvc.compat.flower_client import task_client_app
-from fedvc.merge import Update, fedavg, fedavgm, fisher, median, trimmed_mean
+from fedvc.merge import Update, fedavg, fedavgm, fisher, median, regmean, trimmed_mean
 from fedvc.merge.base import MergeError, MergeStrategy
 from fedvc.objects import Commit, ObjectId
 from fedvc.participant import TrainResult
@@ -116,13 +116,14 @@ def recorded_updates(repo: Repository, merge: Commit) -> list[Update]:
     updates = []
     for parent in merge.parents[1:]:
         commit = repo.get_commit(parent)
-        fisher_id = commit.metadata.get("fisher")
+        fisher_id, grams_id = commit.metadata.get("fisher"), commit.metadata.get("grams")
         updates.append(
             Update(
                 repo.read_snapshot(commit.snapshot),
                 weight=float(commit.metadata["examples"]),
                 client=parent,
                 fisher=repo.read_snapshot(ObjectId(fisher_id)) if fisher_id else None,
+                grams=repo.read_snapshot(ObjectId(grams_id)) if grams_id else None,
             )
         )
     return updates
@@ -353,6 +354,41 @@ def test_a_fisher_strategy_asks_for_and_records_each_clients_fisher(flower_task:
     assert all(u.fisher is not None for u in updates) and len(updates) == 2
     expected, _ = fisher().merge(repo.read_params(merge.parents[0]), updates, {})
     assert_bit_equal(arrays_to_params(merged), expected)
+    assert_audited(repo)
+
+
+def with_grams(node: int, params: dict[str, np.ndarray]) -> RecordDict:
+    """Nodes 1 and 2 send the Grams of their layers' inputs; 3 sends none; 4 a wrong size."""
+    reply = trained(node, params)
+    rng = np.random.default_rng(100 + node)
+    sides = {"fc1.weight": 5, "fc2.weight": 9 if node != 4 else 8}
+    if node != 3:
+        grams = {}
+        for name, side in sides.items():
+            inputs = rng.normal(size=(20, side))
+            grams[name] = inputs.T @ inputs
+        reply["grams"] = ArrayRecord({k: Array(v) for k, v in grams.items()})
+    return reply
+
+
+def test_regmean_asks_for_and_records_each_clients_grams(flower_task: None) -> None:
+    repo = Repository.memory()
+    strategy = strategy_for(repo, "regmean")
+    messages = strategy.configure_train(1, params_to_arrays(model()), ConfigRecord(), Nodes([1]))
+    assert all(m.content["config"]["grams"] is True for m in messages)
+    strategy = strategy_for(repo, "regmean")
+    merged, _, _ = run_round(strategy, params_to_arrays(model()), 1, [1, 2, 3, 4], with_grams)
+    assert merged is not None
+    [(_, merge)] = merges(repo)
+    rejected = {r["reason"]: r["detail"] for r in merge.metadata["round"]["rejected"]}
+    assert sorted(rejected) == ["bad_metadata", "structure"]  # nodes 3 and 4
+    assert "layer input Grams" in rejected["bad_metadata"] and "9x9" in rejected["structure"]
+    updates = recorded_updates(repo, merge)
+    assert len(updates) == 2 and all(u.grams is not None for u in updates)
+    expected, _ = regmean().merge(repo.read_params(merge.parents[0]), updates, {})
+    fedavg_merge, _ = fedavg().merge(repo.read_params(merge.parents[0]), updates, {})
+    assert_bit_equal(arrays_to_params(merged), expected)
+    assert not np.allclose(expected["fc1.weight"], fedavg_merge["fc1.weight"])
     assert_audited(repo)
 
 

@@ -56,7 +56,12 @@ class ShiftTask:
         fisher = None
         if config.get("fisher"):
             fisher = {k: np.full_like(v, self.client + 1.0) for k, v in params.items()}
-        return TrainResult(moved, 10 * (self.client + 1), {"loss": 1.0 / (self.client + 1)}, fisher)
+        grams = None
+        if config.get("grams"):  # inputs of "layer" (4 and a bias), then of "out" (3, no bias)
+            inputs = np.random.default_rng(self.client).normal(size=(10, 5))
+            grams = {"layer.weight": inputs.T @ inputs, "out.weight": np.eye(3)}
+        metrics = {"loss": 1.0 / (self.client + 1)}
+        return TrainResult(moved, 10 * (self.client + 1), metrics, fisher, grams)
 
 
 def context(partition: int | None, node: int) -> Context:
@@ -105,7 +110,7 @@ def test_a_task_answers_flower_fedavg_as_a_flower_client_would() -> None:
     )
 
 
-@pytest.mark.parametrize("strategy", ["fedavg", "fisher"])
+@pytest.mark.parametrize("strategy", ["fedavg", "fisher", "regmean"])
 def test_a_task_takes_part_in_a_fedvc_round_on_flower(strategy: str) -> None:
     repo = Repository.memory()
     server = FedvcStrategy(strategy, repo, SERVER_KEY, min_train_nodes=3, min_available_nodes=3)
@@ -121,6 +126,7 @@ def test_a_task_takes_part_in_a_fedvc_round_on_flower(strategy: str) -> None:
     assert sorted(p["examples"] for p in record["participants"]) == [10, 20, 30]
     updates = {parent: repo.get_commit(parent) for parent in merge.parents[1:]}
     assert all(("fisher" in u.metadata) == (strategy == "fisher") for u in updates.values())
+    assert all(("grams" in u.metadata) == (strategy == "regmean") for u in updates.values())
     if strategy == "fedavg":
         recorded = [
             Update(repo.read_snapshot(u.snapshot), float(u.metadata["examples"]), client=oid)
@@ -153,6 +159,8 @@ def test_mistakes_are_named() -> None:
         task_client_app(NoExamples)(train_message(), context(0, 1))
     with pytest.raises(TaskError, match=r"no TrainResult\.fisher"):
         task_client_app(NoFisher)(train_message(fisher=True), context(0, 1))
+    with pytest.raises(TaskError, match=r"no TrainResult\.grams"):
+        task_client_app(NoFisher)(train_message(grams=True), context(0, 1))
     two = RecordDict({"a": ArrayRecord(), "b": ArrayRecord(), "config": ConfigRecord()})
     with pytest.raises(TaskError, match="expected the model under 'arrays'"):
         task_client_app(ShiftTask)(Message(two, dst_node_id=1, message_type="train"), context(0, 1))
