@@ -27,32 +27,36 @@ def estimate_fisher(
 ) -> dict[str, np.ndarray]:
     """The diagonal Fisher information of a classifier, keyed exactly like its ``state_dict``.
 
-        For each parameter, the mean over examples of the squared gradient of ``log p(y|x)``,
-        where ``module(x)`` returns logits of shape ``(batch, classes)``. This is what the
-        ``fisher`` merge strategy weighs each client's coordinates by (Matena & Raffel 2022).
+    For each parameter, the mean over examples of the squared gradient of ``log p(y|x)``,
+    where ``module(x)`` returns logits of shape ``(batch, classes)``, or ``(batch, ...,
+    classes)`` for a model that classifies every position of a sequence (a language
+    model's next tokens): an example's log-likelihood is then the sum over its positions,
+    one label per position. This is what the ``fisher`` merge strategy weighs each
+    client's coordinates by (Matena & Raffel 2022).
 
-        ``y`` is drawn from the model's own predictive distribution (the true Fisher, seeded
-        by ``seed``) unless ``empirical`` is set, in which case it is ``targets`` (integer class
-        labels): the empirical Fisher is cheaper to reason about but is a different quantity
-        and is biased where the model is wrong. ``samples`` caps the examples used (a seeded
-        random subset; all of them when there are fewer). ``draws`` labels are drawn per example
-    for the true Fisher: a confident model nearly always samples its predicted label, and the
-    rare other labels carry most of the information, so a few draws make the estimate far
-    less noisy (the empirical Fisher has one label per example and ignores it). Gradients are computed per example,
-        vectorised with ``torch.func`` (``functional_call`` + ``vmap`` + ``grad``) when the
-        module allows it, else one example at a time; both give the same numbers.
+    ``y`` is drawn from the model's own predictive distribution (the true Fisher, seeded
+    by ``seed``) unless ``empirical`` is set, in which case it is ``targets`` (integer
+    class labels, shaped like the logits without their last axis): the empirical Fisher
+    is cheaper to reason about but is a different quantity and is biased where the model
+    is wrong. ``samples`` caps the examples used (a seeded random subset; all of them when
+    there are fewer). ``draws`` labels are drawn per example for the true Fisher: a
+    confident model nearly always samples its predicted label, and the rare other labels
+    carry most of the information, so a few draws make the estimate far less noisy (the
+    empirical Fisher has one label per example and ignores it). Gradients are computed
+    per example, vectorised with ``torch.func`` (``functional_call`` + ``vmap`` + ``grad``)
+    when the module allows it, else one example at a time; both give the same numbers.
 
-        Buffers (BatchNorm running statistics, counters) have no gradient: they get float32
-        zeros of their shape, so the map has exactly the ``state_dict``'s keys, as the merge
-        requires, and the merge falls back to the plain mean for them. Tied parameters appear
-        under every name the ``state_dict`` gives them. The module runs in eval mode (no
-        dropout, running BatchNorm statistics) and gets its train/eval flags back afterwards;
-        its parameters and their ``.grad`` are not touched. Results are float32 arrays.
+    Buffers (BatchNorm running statistics, counters) have no gradient: they get float32
+    zeros of their shape, so the map has exactly the ``state_dict``'s keys, as the merge
+    requires, and the merge falls back to the plain mean for them. Tied parameters appear
+    under every name the ``state_dict`` gives them. The module runs in eval mode (no
+    dropout, running BatchNorm statistics) and gets its train/eval flags back afterwards;
+    its parameters and their ``.grad`` are not touched. Results are float32 arrays.
 
-        References:
-            Kirkpatrick et al., "Overcoming catastrophic forgetting in neural networks", PNAS
-            2017 (the diagonal Fisher as each parameter's importance).
-            Matena, Raffel, "Merging Models with Fisher-Weighted Averaging", NeurIPS 2022.
+    References:
+        Kirkpatrick et al., "Overcoming catastrophic forgetting in neural networks", PNAS
+        2017 (the diagonal Fisher as each parameter's importance).
+        Matena, Raffel, "Merging Models with Fisher-Weighted Averaging", NeurIPS 2022.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be a positive number of examples, got {batch_size}")
@@ -124,18 +128,25 @@ def _fisher_labels(
     empirical: bool,
     generator: torch.Generator,
 ) -> torch.Tensor:
-    """One-hot labels for a batch: the targets, or draws from the model's prediction."""
+    """One-hot labels for a batch, one per position: the targets, or draws from the
+    model's prediction."""
     with torch.no_grad():
         logits = module(batch)
-    if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
+    if not isinstance(logits, torch.Tensor) or logits.ndim < 2 or len(logits) != len(batch):
         shape = list(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
         raise TensorError(
             f"estimate_fisher needs a classifier whose output is logits of shape (batch, "
-            f"classes), got {shape}"
+            f"classes) or (batch, ..., classes) for a batch of {len(batch)}, got {shape}"
         )
-    classes = logits.shape[1]
+    classes = logits.shape[-1]
     if empirical:
         assert targets is not None  # checked by the caller
+        if targets.shape != tuple(logits.shape[:-1]):
+            raise TensorError(
+                f"targets must hold one class label per position the model predicts: shape "
+                f"{[len(targets), *logits.shape[1:-1]]} for logits of shape "
+                f"{list(logits.shape)}, got {[len(targets), *targets.shape[1:]]}"
+            )
         if targets.size and (targets.min() < 0 or targets.max() >= classes):
             raise TensorError(
                 f"targets must be class indices in [0, {classes}), got values from "
@@ -143,8 +154,9 @@ def _fisher_labels(
             )
         labels = torch.from_numpy(targets.astype(np.int64))
     else:
-        probs = torch.softmax(logits.detach().double(), dim=1).cpu()
-        labels = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+        probs = torch.softmax(logits.detach().double(), dim=-1).cpu().reshape(-1, classes)
+        drawn = torch.multinomial(probs, 1, generator=generator)
+        labels = drawn.reshape(logits.shape[:-1])
     onehot = torch.nn.functional.one_hot(labels, classes).to(logits.dtype)
     return onehot.to(logits.device)
 
@@ -156,7 +168,8 @@ def _log_likelihood(
     example: torch.Tensor,
     onehot: torch.Tensor,
 ) -> torch.Tensor:
-    """``log p(y|x)`` for one example, as a function of ``params``."""
+    """``log p(y|x)`` for one example (summed over its positions), as a function of
+    ``params``."""
     logits = torch.func.functional_call(module, (params, buffers), (example.unsqueeze(0),))
     return (torch.log_softmax(logits, dim=-1)[0] * onehot).sum()
 

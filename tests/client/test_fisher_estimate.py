@@ -180,6 +180,52 @@ def test_tied_and_frozen_parameters() -> None:
     assert fisher["scale"].any()  # frozen parameters still have a Fisher
 
 
+class NextToken(torch.nn.Module):
+    """A tiny language model: logits over 5 tokens at every position, (batch, length, 5)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = torch.nn.Embedding(5, 4)
+        self.mix = torch.nn.Linear(4, 4)
+        self.out = torch.nn.Linear(4, 5)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        hidden = torch.tanh(self.mix(self.embed(tokens)))
+        return self.out(hidden.cumsum(dim=1))  # each position sees the ones before it
+
+
+def sequences(count: int = 9, length: int = 6) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(1)
+    tokens = rng.integers(0, 5, (count, length + 1))
+    return tokens[:, :-1], tokens[:, 1:]  # inputs and their next tokens
+
+
+def test_a_sequence_model_sums_its_positions_log_likelihoods() -> None:
+    torch.manual_seed(0)
+    net = NextToken()
+    x, y = sequences()
+    totals = {name: torch.zeros_like(p, dtype=torch.float64) for name, p in net.named_parameters()}
+    for xi, yi in zip(x, y, strict=True):  # the textbook loop, one sequence at a time
+        net.zero_grad()
+        logits = net(torch.from_numpy(xi[None]))[0]
+        torch.log_softmax(logits, dim=-1)[
+            torch.arange(len(yi)), torch.from_numpy(yi)
+        ].sum().backward()
+        for name, p in net.named_parameters():
+            assert p.grad is not None
+            totals[name] += p.grad.double() ** 2
+    fisher = estimate_fisher(net, x, y, empirical=True, batch_size=4)
+    for name, total in totals.items():
+        np.testing.assert_allclose(fisher[name], (total / len(x)).float().numpy(), rtol=1e-5)
+
+    sampled = estimate_fisher(net, x, draws=3, seed=2)  # a label drawn at every position
+    assert all((v >= 0).all() and v.any() for v in sampled.values())
+    again = estimate_fisher(net, x, draws=3, seed=2)
+    assert all(np.array_equal(sampled[k], again[k]) for k in sampled)
+    with pytest.raises(TensorError, match=r"one class label per position the model predicts: shape \[9, 6\]"):
+        estimate_fisher(net, x, y[:, :1], empirical=True)
+
+
 def test_errors() -> None:
     net = make()
     x, y = data()
@@ -197,3 +243,5 @@ def test_errors() -> None:
         estimate_fisher(net, x, batch_size=0)
     with pytest.raises(TensorError, match=r"logits of shape \(batch, classes\)"):
         estimate_fisher(torch.nn.Flatten(0), x)
+    with pytest.raises(TensorError, match=r"class label per position the model predicts: shape \[20\]"):
+        estimate_fisher(net, x, y[:, None], empirical=True)
