@@ -37,7 +37,12 @@ different seeds compare on one test set. The recipe was chosen on a validation s
 out of the training set, never on the test set, and is the same for every client, model
 and seed.
 
-Usage: python bench/merge.py [--seed 0] [--out bench/out] [--fisher-draws 16] [--empirical-fisher]
+With ``--seeds 0-9`` only phase (a) runs, once per seed (partition, initialisations and
+batch order all change with it), and a table shows how often each target is met: one
+seed is one draw of five clients, and a merge target worth stating holds on most draws.
+
+Usage: python bench/merge.py [--seed 0 | --seeds 0-9] [--out bench/out] [--fisher-draws 16]
+                             [--empirical-fisher]
 """
 
 from __future__ import annotations
@@ -348,6 +353,60 @@ def report_merge(figures: MergeFigures) -> None:
         print(f"  {name:<32} {value:>8.3f}  {note}".rstrip())
 
 
+def matched_target(figures: MergeFigures) -> bool:
+    return figures.matched >= 0.78
+
+
+def matched_fisher_target(figures: MergeFigures) -> bool:
+    return figures.matched_fisher >= 0.85 and figures.matched_fisher > figures.best_client
+
+
+def report_seeds(runs: Sequence[tuple[int, MergeFigures]]) -> None:
+    """Phase (a) over several seeds: one row each, then how often each target held."""
+    print(
+        f"  {'seed':>4} {'best':>6} {'naive':>6} {'matched':>8} {'+Fisher':>8} "
+        f"{'regmean':>8} {'ensemble':>9}"
+    )
+    for seed, f in runs:
+        print(
+            f"  {seed:>4} {f.best_client:>6.3f} {f.naive:>6.3f} {f.matched:>7.3f}"
+            f"{'' if matched_target(f) else '*'}{' ' if matched_target(f) else ''} "
+            f"{f.matched_fisher:>7.3f}{' ' if matched_fisher_target(f) else '*'} "
+            f"{f.regmean:>8.3f} {f.ensemble:>9.3f}"
+        )
+    n = len(runs)
+    figures = [f for _, f in runs]
+    counts = {
+        "matched >= 0.78": sum(map(matched_target, figures)),
+        "matched + Fisher >= 0.85 and > best client": sum(map(matched_fisher_target, figures)),
+        "regmean > best client": sum(f.regmean > f.best_client for f in figures),
+        "naive <= 0.3 (collapses)": sum(f.naive <= 0.3 for f in figures),
+    }
+    print("  (* marks a missed target)")
+    for name, count in counts.items():
+        print(f"  {name}: {count} of {n} seeds")
+    for name in ("naive", "matched", "matched_fisher", "regmean", "best_client"):
+        values = np.array([getattr(f, name) for f in figures])
+        print(
+            f"  {name:<15} median {np.median(values):.3f}, "
+            f"range {values.min():.3f}-{values.max():.3f}"
+        )
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"0-9"`` or ``"0,3,5"`` (or both: ``"0-3,7"``) as a list of seeds."""
+    seeds: list[int] = []
+    for part in text.split(","):
+        first, dash, last = part.partition("-")
+        try:
+            seeds += list(range(int(first), int(last) + 1)) if dash else [int(first)]
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"--seeds expects a range like 0-9 or a list like 0,3,5, got {text!r}"
+            ) from None
+    return seeds
+
+
 def report_barrier(barriers: dict[str, BarrierResult]) -> None:
     targets = {"naive": (">= 0.5", lambda v: v >= 0.5), "aligned": ("<= 0.05", lambda v: v <= 0.05)}
     print(f"  {'path':<8} {'L(a)':>6} {'L(mid)':>7} {'L(b)':>6} {'midpoint':>9} {'barrier':>8}")
@@ -364,6 +423,12 @@ def report_barrier(barriers: dict[str, BarrierResult]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seed", type=int, default=0, help="seed for everything (default 0)")
+    parser.add_argument(
+        "--seeds",
+        type=parse_seeds,
+        metavar="0-9",
+        help="run only the one-shot merge, once per seed, and count the targets met",
+    )
     parser.add_argument(
         "--out",
         type=Path,
@@ -387,10 +452,15 @@ def main() -> None:
     data = load_data()
     fisher = "empirical" if args.empirical_fisher else f"true, {args.fisher_draws} draws/example"
     print(
-        f"digits: {len(data.y_train)} train / {len(data.y_test)} test examples, seed {args.seed}\n"
+        f"digits: {len(data.y_train)} train / {len(data.y_test)} test examples"
+        f"{'' if args.seeds else f', seed {args.seed}'}\n"
         f"recipe: {asdict(recipe)}; Fisher: {fisher}"
     )
     began = time.perf_counter()
+    if args.seeds:
+        run_seeds(args, data, recipe, fisher)
+        print(f"took {time.perf_counter() - began:.1f} s")
+        return
     print(f"(a) one-shot merge of {CLIENTS} clients, MLP {'-'.join(map(str, CLIENT_WIDTHS))}")
     figures = run_merge(
         data, recipe, args.seed, fisher_draws=args.fisher_draws, empirical=args.empirical_fisher
@@ -418,6 +488,34 @@ def main() -> None:
     (args.out / "merge.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(f"wrote {png} and {args.out / 'merge.json'}")
     print(f"timings: (a) {phase_a:.1f} s, (b) {phase_b:.1f} s, total {phase_a + phase_b:.1f} s")
+
+
+def run_seeds(args: argparse.Namespace, data: Data, recipe: Recipe, fisher: str) -> None:
+    """Phase (a) once per seed; the table, and every figure to OUT/merge-seeds.json."""
+    print(f"(a) one-shot merge of {CLIENTS} clients on seeds {args.seeds}")
+    runs = []
+    for seed in args.seeds:
+        started = time.perf_counter()
+        figures = run_merge(
+            data,
+            recipe,
+            seed,
+            fisher_draws=args.fisher_draws,
+            empirical=args.empirical_fisher,
+            verbose=False,
+        )
+        runs.append((seed, figures))
+        print(f"  seed {seed} done in {time.perf_counter() - started:.1f} s", flush=True)
+    report_seeds(runs)
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / "merge-seeds.json"
+    summary = {
+        "recipe": asdict(recipe),
+        "fisher": fisher,
+        "runs": {seed: asdict(f) for seed, f in runs},
+    }
+    path.write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

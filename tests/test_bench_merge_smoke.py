@@ -45,3 +45,18 @@ def test_tiny_merge_and_barrier(bench: ModuleType, capsys: pytest.CaptureFixture
     bench.report_barrier(barriers)
     out = capsys.readouterr().out
     assert "matched + Fisher" in out and "regmean" in out and "aligned" in out
+
+
+def test_seed_table_counts_the_targets(
+    bench: ModuleType, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert bench.parse_seeds("0-2,5") == [0, 1, 2, 5]
+    fields = dict(clients=[0.8], sizes=[100], best_client=0.8, ensemble=0.9, regmean=0.95)
+    hit = bench.MergeFigures(naive=0.2, matched=0.8, matched_fisher=0.9, **fields)
+    miss = bench.MergeFigures(naive=0.6, matched=0.7, matched_fisher=0.79, **fields)
+    bench.report_seeds([(0, hit), (1, miss), (2, hit)])
+    out = capsys.readouterr().out
+    assert "matched >= 0.78: 2 of 3 seeds" in out
+    assert "matched + Fisher >= 0.85 and > best client: 2 of 3 seeds" in out
+    assert "naive <= 0.3 (collapses): 2 of 3 seeds" in out
+    assert "0.700*" in out and "0.790*" in out and "0.800*" not in out
