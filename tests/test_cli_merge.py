@@ -392,42 +392,25 @@ def test_regmean_takes_one_gram_file_per_input(
     for i, (x, y) in enumerate(zip(xs, ys, strict=True)):
         save_params(least_squares_layer(x, y), workdir / f"m{i}.safetensors")
         save_params(gram(x), workdir / f"g{i}.safetensors")
-    argv = ["merge", "--strategy", "regmean", "--param", "alpha=1", "m0.safetensors"]
-    code, _, err = run(
-        capsys,
-        *argv,
-        "m1.safetensors",
-        "--gram",
-        "g0.safetensors",
-        "--gram",
-        "g1.safetensors",
-        "-o",
-        "r.safetensors",
-    )
+
+    def merge(*grams: str) -> tuple[int, str, str]:
+        gram_options = [arg for name in grams for arg in ("--gram", name)]
+        argv = ["--strategy", "regmean", "--param", "alpha=1", "m0.safetensors", "m1.safetensors"]
+        return run(capsys, "merge", *argv, *gram_options, "-o", "r.safetensors")
+
+    code, _, err = merge("g0.safetensors", "g1.safetensors")
     assert code == 0, err
     pooled = least_squares_layer(np.vstack(xs), np.vstack(ys))
     merged = load_params(workdir / "r.safetensors")
     for name in pooled:
         np.testing.assert_allclose(merged[name], pooled[name], atol=1e-6)
 
-    code, _, err = run(capsys, *argv, "m1.safetensors", "-o", "r.safetensors")
+    code, _, err = merge()
     assert code == 2 and "'m0.safetensors' carries no grams" in err and "--gram" in err
-    code, _, err = run(
-        capsys, *argv, "m1.safetensors", "--gram", "g0.safetensors", "-o", "r.safetensors"
-    )
+    code, _, err = merge("g0.safetensors")
     assert code == 2 and "--gram given 1 times for 2 inputs" in err
     save_params({"0.weight": np.eye(5)}, workdir / "small.safetensors")
-    code, _, err = run(
-        capsys,
-        *argv,
-        "m1.safetensors",
-        "--gram",
-        "g0.safetensors",
-        "--gram",
-        "small.safetensors",
-        "-o",
-        "r.safetensors",
-    )
+    code, _, err = merge("g0.safetensors", "small.safetensors")
     assert code == 2 and "--gram small.safetensors does not fit INPUT 'm1.safetensors'" in err
     assert "6x6" in err
 

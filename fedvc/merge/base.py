@@ -260,19 +260,24 @@ def require_weight(name: str, count: int, total: float) -> None:
         raise MergeError(f"{name}: the updates' weights sum to {total}; give positive weights")
 
 
-def check_same_structure(base: ParamMap | None, updates: Sequence[Update]) -> None:
-    """All updates (and the base) name the same tensors with the same shapes."""
+def check_same_structure(
+    base: ParamMap | None, updates: Sequence[Update], *, strategy: str = ""
+) -> None:
+    """All updates name the same tensors with the same shapes as the base (or, without
+    one, as the first update); errors start with ``strategy`` when it is given."""
     reference = base if base is not None else updates[0].params
+    prefix = f"{strategy}: " if strategy else ""
     for update in updates:
         if update.params.keys() != reference.keys():
             missing = sorted(set(reference) - set(update.params))[:5]
             extra = sorted(set(update.params) - set(reference))[:5]
             raise MergeError(
-                f"update {update.client!r} has different tensors: missing {missing}, extra {extra}"
+                f"{prefix}update {update.client!r} has different tensors: missing {missing}, "
+                f"extra {extra}"
             )
         for name, array in update.params.items():
             if array.shape != reference[name].shape:
                 raise MergeError(
-                    f"update {update.client!r}: tensor {name!r} has shape {array.shape}, "
-                    f"expected {reference[name].shape}"
+                    f"{prefix}update {update.client!r}: tensor {name!r} has shape "
+                    f"{array.shape}, expected {reference[name].shape}"
                 )

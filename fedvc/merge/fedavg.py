@@ -30,6 +30,7 @@ from fedvc.merge.base import (
     State,
     StrategySpec,
     Update,
+    check_same_structure,
     require_weight,
     stateless,
     streaming_strategy,
@@ -97,20 +98,12 @@ class WeightedMean:
         self.count += len(updates)
 
     def _check(self, update: Update) -> None:
-        if not self.sums:
-            for key, array in update.params.items():
-                self.sums[key] = np.zeros(array.shape, _accumulator_dtype(array.dtype))
-                self.dtypes[key] = array.dtype
-        elif update.params.keys() != self.sums.keys():
-            raise MergeError(
-                f"{self.name}: update {update.client!r} names different tensors than the first update"
-            )
+        if self.sums:
+            check_same_structure(self.sums, [update], strategy=self.name)
+            return
         for key, array in update.params.items():
-            if array.shape != self.sums[key].shape:
-                raise MergeError(
-                    f"{self.name}: update {update.client!r} tensor {key!r} has shape "
-                    f"{array.shape}, expected {self.sums[key].shape}"
-                )
+            self.sums[key] = np.zeros(array.shape, _accumulator_dtype(array.dtype))
+            self.dtypes[key] = array.dtype
 
     def mean(self) -> dict[str, np.ndarray]:
         """The weighted mean in each tensor's own dtype (integers rounded)."""

@@ -44,6 +44,7 @@ from fedvc.merge.base import (
     State,
     StrategySpec,
     Update,
+    check_same_structure,
     finite_number,
     require_weight,
     stateless,
@@ -136,16 +137,9 @@ class FisherAccumulator:
     def _check(self, update: Update) -> ParamMap:
         """The update's Fisher map, after checking everything ``add`` relies on."""
         fisher = _check_fisher(update)
-        if self.dtypes and update.params.keys() != self.dtypes.keys():
-            raise MergeError(
-                f"{NAME}: update {update.client!r} names different tensors than the first update"
-            )
+        if self.dtypes:
+            check_same_structure(self.numerators, [update], strategy=NAME)
         for key, array in update.params.items():
-            if self.dtypes and array.shape != self.numerators[key].shape:
-                raise MergeError(
-                    f"{NAME}: update {update.client!r} tensor {key!r} has shape "
-                    f"{array.shape}, expected {self.numerators[key].shape}"
-                )
             if np.issubdtype(self.dtypes.get(key, array.dtype), np.floating):
                 _check_range(np.asarray(fisher[key]), f"update {update.client!r} tensor {key!r}")
         return fisher
