@@ -22,7 +22,7 @@ from fedvc.merge.regmean import bias_of
 from fedvc.objects import Commit, ObjectId, Snapshot, is_object_id
 from fedvc.round import ROUND_KEY, Admitted, RoundState, UpdateRejected
 from fedvc.signing import PublicKey, commit_signature_valid
-from fedvc.tensors import ParamMap, dtype_name
+from fedvc.tensors import ParamMap, dtype_name, name_mismatch
 from fedvc.trust import TrustStore
 
 
@@ -181,13 +181,9 @@ def check_structure(what: str, base: Layout, other: Layout, *, fisher: bool = Fa
     (``estimate_fisher`` writes float32 for every tensor, integer buffers included, as
     the Fisher merge expects).
     """
-    missing = sorted(set(base) - set(other))
-    extra = sorted(set(other) - set(base))
-    if missing or extra:
+    if names := name_mismatch(base, other):
         raise UpdateRejected(
-            "structure",
-            f"the {what}'s tensor names differ from the base: missing {missing[:5]}, "
-            f"unexpected {extra[:5]}",
+            "structure", f"the {what}'s tensor names differ from the base: {names}"
         )
     for name, (dtype, shape) in base.items():
         got_dtype, got_shape = other[name]

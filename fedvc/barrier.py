@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from fedvc.errors import FedvcError
-from fedvc.tensors import ParamMap
+from fedvc.tensors import ParamMap, name_mismatch
 
 
 class BarrierError(FedvcError, ValueError):
@@ -78,12 +78,10 @@ def _path(a: ParamMap, b: ParamMap) -> _Path:
     ``loss_barrier`` calls this once for all its points, so the checks and the float64
     conversions are not repeated at every t (at the cost of holding both conversions).
     """
-    if a.keys() != b.keys():
-        missing = sorted(set(a) - set(b))[:5]
-        extra = sorted(set(b) - set(a))[:5]
+    if names := name_mismatch(a, b):
         raise BarrierError(
-            f"the two models name different tensors: b lacks {missing} and has extra "
-            f"{extra}; interpolate only models of one architecture"
+            f"the two models name different tensors: b has {names}; interpolate only models "
+            "of one architecture"
         )
     path: _Path = []
     for name, left in a.items():

@@ -33,7 +33,7 @@ from typing import Any, Literal, get_args
 import numpy as np
 
 from fedvc.errors import FedvcError
-from fedvc.tensors import ParamMap, TensorError, dtype_name, numpy_dtype
+from fedvc.tensors import ParamMap, TensorError, dtype_name, name_mismatch, numpy_dtype
 
 TensorStatus = Literal["unchanged", "changed", "added", "removed", "retyped"]
 STATUSES: tuple[TensorStatus, ...] = get_args(TensorStatus)
@@ -334,13 +334,9 @@ def distance(a: ParamMap, b: ParamMap, *, chunk_elements: int | None = None) -> 
 
 def _check_pairs(base: ParamMap, other: ParamMap, other_label: str) -> None:
     """Raise DiffError unless both maps hold the same names with the same shapes."""
-    missing = sorted(set(base) - set(other))
-    extra = sorted(set(other) - set(base))
-    if missing or extra:
+    if names := name_mismatch(base, other):
         raise DiffError(
-            f"base and {other_label} must hold the same tensors; "
-            f"missing from {other_label}: {missing or 'none'}; "
-            f"only in {other_label}: {extra or 'none'}. "
+            f"base and {other_label} must hold the same tensors; {other_label} has {names}. "
             "Compare snapshots of the same architecture, or drop the odd tensors first"
         )
     for name in sorted(base):

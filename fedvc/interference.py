@@ -56,7 +56,7 @@ import numpy as np
 
 from fedvc.errors import FedvcError
 from fedvc.merge.base import Update, top_k_count
-from fedvc.tensors import ParamMap
+from fedvc.tensors import ParamMap, name_mismatch
 
 BLOCK_ELEMENTS = 1 << 20
 """float64 values per block (clients times coordinates): 8 MiB per temporary."""
@@ -239,12 +239,10 @@ def _labels(updates: Sequence[ParamMap | Update], clients: Sequence[str] | None)
 
 
 def _check(base: ParamMap, label: str, params: ParamMap) -> None:
-    if params.keys() != base.keys():
-        missing = sorted(set(base) - set(params))[:5]
-        extra = sorted(set(params) - set(base))[:5]
+    if names := name_mismatch(base, params):
         raise InterferenceError(
-            f"update {label!r} holds different tensors than the base: missing {missing}, "
-            f"extra {extra}; compare updates of the base's architecture"
+            f"update {label!r} holds different tensors than the base: {names}; compare "
+            "updates of the base's architecture"
         )
     for name, array in base.items():
         if params[name].shape != array.shape:

@@ -143,6 +143,16 @@ def to_numpy(value: object, name: str = "tensor") -> np.ndarray:
         ) from exc
 
 
+def name_mismatch(expected: Mapping[str, object], got: Mapping[str, object]) -> str:
+    """How ``got``'s tensor names differ from ``expected``'s, for an error message
+    (``"missing ['a'], unexpected ['b']"``, at most five of each), or ``""`` if they agree."""
+    if expected.keys() == got.keys():
+        return ""
+    missing = sorted(set(expected) - set(got))
+    unexpected = sorted(set(got) - set(expected))
+    return f"missing {missing[:5]}, unexpected {unexpected[:5]}"
+
+
 def as_param_map(params: Mapping[str, object]) -> dict[str, np.ndarray]:
     """Validate a state_dict-like mapping and return it as a ``ParamMap`` of numpy arrays.
 

@@ -349,7 +349,7 @@ def test_delta_mismatched_names_lists_missing_and_extra() -> None:
     with pytest.raises(DiffError) as info:
         delta({"a": np.zeros(1), "b": np.zeros(1)}, {"b": np.zeros(1), "c": np.zeros(1)})
     message = str(info.value)
-    assert "missing from new: ['a']" in message and "only in new: ['c']" in message
+    assert "new has missing ['a'], unexpected ['c']" in message
     assert isinstance(info.value, FedvcError)
 
 
@@ -358,7 +358,7 @@ def test_delta_mismatched_shape_and_dtype_name_the_tensor() -> None:
         delta({"w": np.zeros((2, 3))}, {"w": np.zeros((3, 2))})
     with pytest.raises(DiffError, match="'w': base is float32, new is float64"):
         delta({"w": np.zeros(2, np.float32)}, {"w": np.zeros(2, np.float64)})
-    with pytest.raises(DiffError, match="missing from delta: \\['v'\\]"):
+    with pytest.raises(DiffError, match=r"delta has missing \['v'\]"):
         apply_delta({"w": np.zeros(2), "v": np.zeros(1)}, {"w": np.zeros(2)})
     with pytest.raises(DiffError, match="finite"):
         apply_delta({"w": np.zeros(2)}, {"w": np.zeros(2)}, scale=math.inf)

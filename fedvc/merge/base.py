@@ -30,7 +30,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from fedvc.errors import FedvcError
-from fedvc.tensors import ParamMap
+from fedvc.tensors import ParamMap, name_mismatch
 
 State = dict[str, np.ndarray]
 """Server state between rounds: a flat parameter map (empty for stateless strategies)."""
@@ -268,13 +268,8 @@ def check_same_structure(
     reference = base if base is not None else updates[0].params
     prefix = f"{strategy}: " if strategy else ""
     for update in updates:
-        if update.params.keys() != reference.keys():
-            missing = sorted(set(reference) - set(update.params))[:5]
-            extra = sorted(set(update.params) - set(reference))[:5]
-            raise MergeError(
-                f"{prefix}update {update.client!r} has different tensors: missing {missing}, "
-                f"extra {extra}"
-            )
+        if names := name_mismatch(reference, update.params):
+            raise MergeError(f"{prefix}update {update.client!r} has different tensors: {names}")
         for name, array in update.params.items():
             if array.shape != reference[name].shape:
                 raise MergeError(

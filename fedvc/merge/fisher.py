@@ -51,7 +51,7 @@ from fedvc.merge.base import (
     streaming_strategy,
 )
 from fedvc.merge.fedavg import CHUNK, _accumulator_dtype, _add_scaled
-from fedvc.tensors import ParamMap
+from fedvc.tensors import ParamMap, name_mismatch
 
 NAME = "fisher"
 
@@ -65,13 +65,11 @@ def _check_fisher(update: Update) -> ParamMap:
             "client send its diagonal Fisher (fedvc_client.fisher.estimate_fisher) or merge with "
             "fedavg instead"
         )
-    if fisher.keys() != update.params.keys():
-        missing = sorted(set(update.params) - set(fisher))[:5]
-        extra = sorted(set(fisher) - set(update.params))[:5]
+    if names := name_mismatch(update.params, fisher):
         raise MergeError(
             f"{NAME}: update {update.client!r} has a Fisher map that does not name its "
-            f"tensors: missing {missing}, extra {extra}; the Fisher needs one entry per "
-            "tensor of the model, zeros for buffers"
+            f"tensors ({names}); the Fisher needs one entry per tensor of the model, zeros "
+            "for buffers"
         )
     for key, array in update.params.items():
         if fisher[key].shape != array.shape:

@@ -222,7 +222,9 @@ def test_a_sequence_model_sums_its_positions_log_likelihoods() -> None:
     assert all((v >= 0).all() and v.any() for v in sampled.values())
     again = estimate_fisher(net, x, draws=3, seed=2)
     assert all(np.array_equal(sampled[k], again[k]) for k in sampled)
-    with pytest.raises(TensorError, match=r"one class label per position the model predicts: shape \[9, 6\]"):
+    with pytest.raises(
+        TensorError, match=r"one class label per position the model predicts: shape \[9, 6\]"
+    ):
         estimate_fisher(net, x, y[:, :1], empirical=True)
 
 
@@ -243,5 +245,7 @@ def test_errors() -> None:
         estimate_fisher(net, x, batch_size=0)
     with pytest.raises(TensorError, match=r"logits of shape \(batch, classes\)"):
         estimate_fisher(torch.nn.Flatten(0), x)
-    with pytest.raises(TensorError, match=r"class label per position the model predicts: shape \[20\]"):
+    with pytest.raises(
+        TensorError, match=r"class label per position the model predicts: shape \[20\]"
+    ):
         estimate_fisher(net, x, y[:, None], empirical=True)
