@@ -449,3 +449,53 @@ def test_merge_reads_the_fisher_and_grams_each_update_commit_attached(
     plain = repo.commit_params(least_squares_layer(xs[1], ys[1]), "no grams")
     code, _, err = run(capsys, "merge", "--strategy", "regmean", updates[0], plain, "-o", "r.npz")
     assert code == 2 and f"INPUT {plain!r} carries no grams" in err
+
+
+REGMEAN_RUN = """
+[simulation]
+name = "regmean"
+rounds = 1
+seed = 0
+clients = 3
+workers = 1
+
+[data]
+workload = "digits"
+params = { hidden = [8] }
+
+[partition]
+kind = "dirichlet"
+alpha = 0.5
+
+[train]
+epochs = 1
+
+[[strategy]]
+label = "RegMean"
+name = "regmean"
+"""
+
+
+def test_a_rounds_regmean_merge_is_redone_from_its_commits(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The round's updates carry their Grams, so `fedvc merge` of them, with their example
+    counts as weights, gives the round's merge bit for bit."""
+    pytest.importorskip("fedvc_client")
+    (workdir / "run.toml").write_text(REGMEAN_RUN)
+    assert cli.main(["simulate", "run.toml", "--out", "out", "--no-plots"]) == 0
+    with Repository.open(workdir / "out" / "repo") as repo:
+        merge = repo.get_commit(repo.resolve("regmean"))
+        base, *updates = merge.parents
+        weights = [str(repo.get_commit(u).metadata["examples"]) for u in updates]
+        expected = repo.read_params("regmean")
+    capsys.readouterr()
+    code, _, err = run(
+        capsys,
+        *("--repo", "out/repo", "merge", "--strategy", "regmean", "--base", base, *updates),
+        *("--weights", ",".join(weights), "-o", "again.safetensors", "--no-commit"),
+    )
+    assert code == 0, err
+    again = load_params(workdir / "again.safetensors")
+    assert again.keys() == expected.keys()
+    assert all(np.array_equal(again[k], expected[k]) for k in expected)
