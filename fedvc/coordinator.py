@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -53,6 +54,10 @@ from fedvc.transport import Finished, Offer, RoundOffer, Verdict, Wait, WireObje
 from fedvc.trust import TrustStore
 
 FISHER_STRATEGIES = frozenset({"fisher", "matched_fisher"})
+REPLAY_MEMORY = 16
+"""Rounds whose admitted updates the coordinator remembers, so that one sent again is
+refused as a "replay". An older update is refused all the same, as "wrong_round" (its
+round and base are long past), and memory stays bounded over a long-running fleet."""
 """Strategies that merge with each client's diagonal Fisher: their rounds ask clients for
 one and reject updates that come without it."""
 
@@ -189,7 +194,7 @@ class Coordinator:
         self._lock = threading.RLock()
         self._fisher = uses_fisher(strategy.spec)
         self._grams = uses_grams(strategy.spec)
-        self._admitted_ever: set[ObjectId] = set()
+        self._admitted_recently: deque[set[ObjectId]] = deque([set()], maxlen=REPLAY_MEMORY)
         self._base_cache: tuple[ObjectId, ParamMap] | None = None
         self._closing = False
         self.failure: Exception | None = None
@@ -328,7 +333,7 @@ class Coordinator:
             except UpdateRejected as error:
                 return self._refuse(state, commit, update.author or "", error)
             self._state = state
-            self._admitted_ever.add(commit)
+            self._admitted_recently[-1].add(commit)
             self.observer.admitted(admitted)
         report = self.tick()
         extra = {"round_closed": report.commit} if report else {}
@@ -363,7 +368,7 @@ class Coordinator:
                 commit_id,
                 commit,
                 trust=self.trust,
-                seen=self._admitted_ever.__contains__,
+                seen=lambda oid: any(oid in admitted for admitted in self._admitted_recently),
                 base_snapshot=base,
                 update_snapshot=snapshot,
                 read=self.repo.snapshot_params,
@@ -430,6 +435,7 @@ class Coordinator:
             self._state = None
             self._base_cache = None  # the next round has another base
             if state.number < self.config.rounds:
+                self._admitted_recently.append(set())
                 self._state = open_round(
                     state.number + 1, oid, self.config.round, self.fleet_size, self.clock()
                 )

@@ -9,7 +9,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from fedvc.coordinator import Coordinator, CoordinatorConfig, RoundLog, uses_fisher
+from fedvc.coordinator import (
+    REPLAY_MEMORY,
+    Coordinator,
+    CoordinatorConfig,
+    RoundLog,
+    uses_fisher,
+)
 from fedvc.merge.registry import make
 from fedvc.objects import ObjectId
 from fedvc.participant import Participant, TaskError, TrainResult
@@ -422,3 +428,22 @@ def test_regmean_rounds_carry_each_clients_grams_to_the_merge(tmp_path: Path) ->
     stingy = coordinator(make_repo(), rounds=1, strategy="regmean")
     with pytest.raises(TaskError, match="config grams = true"):
         participants(stingy)[0].step()  # a task that sends no Grams
+
+
+def test_replays_are_named_for_the_rounds_remembered_and_refused_after(tmp_path: Path) -> None:
+    """The coordinator remembers REPLAY_MEMORY rounds of admitted updates (bounded memory);
+    an update resent from further back is still refused, as being for a past round."""
+    repo = make_repo()
+    rounds = REPLAY_MEMORY + 2
+    coord = coordinator(repo, rounds=rounds + 1)
+    people = participants(coord)
+    for _ in range(rounds):
+        run_round(people)
+    merges = [c for _, c in reversed(repo.log("main", first_parent=True)) if len(c.parents) > 1]
+    assert len(merges) == rounds
+    open_round = rounds + 1
+    oldest, latest = merges[0].parents[1], merges[-1].parents[1]
+    assert coord.submit(open_round, latest).reason == "replay"
+    forgotten = coord.submit(open_round, oldest)
+    assert (forgotten.admitted, forgotten.reason) == (False, "wrong_round")
+    assert "trained for round 1" in forgotten.detail
