@@ -99,7 +99,7 @@ def serve(mode: str, args: argparse.Namespace) -> None:
             rounds=args.rounds, round=RoundConfig(deadline_seconds=600), retry_seconds=0.05
         )
         coordinator = Coordinator(repo, fedavg(), trust=trust, signer=key, config=config)
-        servicer = FleetServicer(coordinator)
+        servicer = FleetServicer(coordinator, trust=trust)  # every call signed, as in production
         running = start_server(servicer, max_workers=32)
         hello = {"port": running.port, "commits": commits, "cpu": time.process_time()}
         print(json.dumps(hello), flush=True)
@@ -156,7 +156,7 @@ def fetch(args: argparse.Namespace) -> dict[str, float]:
     server = Server("fetch", args)
     first, second = server.commits
     try:
-        with GrpcLink(server.address, timeout=None) as link:
+        with GrpcLink(server.address, signer=client_key(0), timeout=None) as link:
             ids = link.list_objects(first)
             start, cpu = time.perf_counter(), time.process_time()
             payload = sum(len(obj.payload) for obj in link.get_objects(ids))
@@ -194,8 +194,11 @@ def fleet(args: argparse.Namespace) -> dict[str, Any]:
     def client(index: int) -> None:
         backoff = Backoff(initial=0.05, maximum=1.0, give_up_after=120.0)
         try:
-            with GrpcLink(server.address, backoff=backoff, options=OWN_CONNECTION) as link:
-                participant = Participant(link, Shift(0.01), client_key(index), Repository.memory())
+            key = client_key(index)
+            with GrpcLink(
+                server.address, signer=key, backoff=backoff, options=OWN_CONNECTION
+            ) as link:
+                participant = Participant(link, Shift(0.01), key, Repository.memory())
                 done = participant.run()
                 submitted[index] = sum(s.verdict.admitted for s in done)
                 errors.extend(s.verdict.reason for s in done if not s.verdict.admitted)

@@ -12,6 +12,9 @@ resumes from the first object not yet received, an upload resends only what the 
 still lacks. Messages are raw bytes to gRPC and protobuf to ``fedvc.wire`` alone, so the
 link counts bytes on the wire exactly (``bytes_sent``, ``bytes_received``).
 
+Given the participant's key, the link signs every call (``fedvc.call_auth``): a server
+serves only calls signed by a client key it trusts.
+
 One link serves one participant (one thread); it holds one channel, closed by ``close``.
 """
 
@@ -27,10 +30,11 @@ from typing import Any, TypeVar
 
 import grpc  # type: ignore[import-untyped,unused-ignore]
 
-from fedvc import transfer, wire
+from fedvc import call_auth, transfer, wire
 from fedvc.errors import FedvcError
 from fedvc.objects import ObjectId
 from fedvc.round import REJECTION_REASONS, UpdateRejected
+from fedvc.signing import SigningKey
 from fedvc.transport import Offer, Verdict, WireObject
 
 T = TypeVar("T")
@@ -56,6 +60,11 @@ _HINTS = {
         "without one)"
     ),
     "DEADLINE_EXCEEDED": "; the call took longer than the link's timeout: raise it",
+    "UNAUTHENTICATED": (
+        "; the server serves only calls signed by a trusted client key: give the link the "
+        "client's key (GrpcLink(..., signer=key), fedvc-client --key) and keep its clock "
+        "right"
+    ),
 }
 
 
@@ -109,8 +118,10 @@ class ClientTls:
 class GrpcLink:
     """A ``CoordinatorLink`` to the Fleet service at ``target`` (``host:port``).
 
-    ``timeout`` bounds each unary call (seconds; object streams are unbounded, as a model
-    may take long to move); ``sleep``, ``clock`` and ``rng`` are injected for tests.
+    ``signer`` is the client's key, which signs every call; ``timeout`` bounds each unary
+    call (seconds; object streams are unbounded, as a model may take long to move);
+    ``sleep``, ``clock`` (for pauses), ``wall_clock`` (for credentials) and ``rng`` are
+    injected for tests.
     """
 
     def __init__(
@@ -118,6 +129,7 @@ class GrpcLink:
         target: str,
         *,
         tls: ClientTls | None = None,
+        signer: SigningKey | None = None,
         backoff: Backoff | None = None,
         timeout: float | None = 60.0,
         chunk_size: int = wire.CHUNK_SIZE,
@@ -125,9 +137,12 @@ class GrpcLink:
         options: Sequence[tuple[str, Any]] = (),
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
     ) -> None:
         self.target = target
+        self.signer = signer
+        self.wall_clock = wall_clock
         self.backoff = backoff or Backoff()
         self.timeout = timeout
         self.chunk_size = chunk_size
@@ -176,7 +191,9 @@ class GrpcLink:
         request = self._sent(wire.encode_list_request(commit))
 
         def listing() -> list[ObjectId]:
-            replies = self._list_objects(request, timeout=self.timeout)
+            replies = self._list_objects(
+                request, timeout=self.timeout, metadata=self.credentials("ListObjects")
+            )
             return [oid for reply in replies for oid in wire.decode_ids(self._received(reply))]
 
         return self._retrying("ListObjects", listing)
@@ -212,7 +229,9 @@ class GrpcLink:
             failure: list[BaseException] = []
             stream = self._chunks(feed.attempt(resend, taken), failure)
             try:
-                reply = self._put_objects(stream, timeout=None)
+                reply = self._put_objects(
+                    stream, timeout=None, metadata=self.credentials("PutObjects")
+                )
             except grpc.RpcError as error:
                 feed.stop()  # gRPC may still be pulling from the failed try's stream
                 if failure:  # our own iterator failed: that, not gRPC's CANCELLED, is news
@@ -229,11 +248,18 @@ class GrpcLink:
         request = wire.encode_submit(round_number, commit)
         return wire.decode_verdict(self._unary("Submit", self._submit, request))
 
+    def credentials(self, method: str) -> tuple[tuple[str, str], ...]:
+        """The metadata that signs a call to ``method`` now (none without a signer)."""
+        if self.signer is None:
+            return ()
+        return call_auth.credentials(self.signer, method, self.wall_clock())
+
     # -- inside ---------------------------------------------------------------------------
 
     def _fetch(self, batch: Sequence[ObjectId]) -> Iterator[WireObject]:
         request = self._sent(wire.encode_ids(batch))
-        replies = (self._received(reply) for reply in self._get_objects(request))
+        metadata = self.credentials("GetObjects")
+        replies = (self._received(reply) for reply in self._get_objects(request, metadata=metadata))
         count = 0
         for obj in transfer.decode_objects(replies, self.max_object_size):
             if count >= len(batch) or obj.oid != batch[count]:
@@ -263,7 +289,10 @@ class GrpcLink:
 
     def _unary(self, method: str, stub: Any, request: bytes) -> bytes:
         self._sent(request)
-        reply: bytes = self._retrying(method, lambda: stub(request, timeout=self.timeout))
+        reply: bytes = self._retrying(
+            method,
+            lambda: stub(request, timeout=self.timeout, metadata=self.credentials(method)),
+        )
         return self._received(reply)
 
     def _retrying(self, method: str, call: Callable[[], T]) -> T:

@@ -60,11 +60,11 @@ def run(
 ) -> list[Submitted]:
     """Take part in rounds at ``server`` (``host:port``) until the coordinator is finished.
 
-    ``key`` signs every update (a ``SigningKey`` or a key file); the coordinator admits
-    only keys it trusts. ``on_round`` hears every submission and its verdict.
+    ``key`` signs every update and every call (a ``SigningKey`` or a key file); the
+    coordinator serves and admits only keys it trusts. ``on_round`` hears every submission and its verdict.
     """
     signer = key if isinstance(key, SigningKey) else SigningKey.load(key)
-    link = GrpcLink(server, tls=tls)
+    link = GrpcLink(server, tls=tls, signer=signer)
     repo = open_cache(cache)
     try:
         return Participant(link, task, signer, repo).run(max_rounds=max_rounds, on_round=on_round)

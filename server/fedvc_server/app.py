@@ -57,7 +57,9 @@ class FleetServer:
         self.metrics = FleetMetrics(rounds=config.rounds)
         observers = [self.metrics] + ([progress] if progress is not None else [])
         self.coordinator: Coordinator = build_coordinator(config, observer=Observers(observers))
-        self.servicer = FleetServicer(self.coordinator, on_bytes=self.metrics.count_bytes)
+        self.servicer = FleetServicer(
+            self.coordinator, on_bytes=self.metrics.count_bytes, trust=self.coordinator.trust
+        )
         self.running: RunningServer | None = None
         self._stop = threading.Event()
         self._timer: threading.Thread | None = None

@@ -6,10 +6,16 @@ bytes (no gRPC deserializer): a request that is not protobuf then becomes
 INVALID_ARGUMENT with a message saying so, where gRPC's own deserializer would answer
 INTERNAL, and every byte in and out is counted exactly.
 
+Given the coordinator's trust store, the servicer serves only signed calls
+(``fedvc.call_auth``): each must carry a trusted client key's signature of the method and
+the time.
+
 Failures map to gRPC status codes, with details that say what to do and trailing metadata
 a client can act on (``fedvc-reason``, ``fedvc-object``):
 
-- an unknown client key asking for work: PERMISSION_DENIED;
+- a call without valid credentials (none, malformed, expired, forged): UNAUTHENTICATED;
+- a call signed by a key the coordinator does not trust, or asking for work under
+  another client's key: PERMISSION_DENIED;
 - a malformed, out-of-range or truncated request: INVALID_ARGUMENT;
 - an object whose bytes do not hash to its id: DATA_LOSS (nothing of it is stored);
 - an object the coordinator lacks: NOT_FOUND.
@@ -23,6 +29,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from concurrent import futures
@@ -37,13 +44,15 @@ from grpc_health.v1 import (  # type: ignore[import-untyped,unused-ignore]
     health_pb2_grpc,
 )
 
-from fedvc import transfer, wire
+from fedvc import call_auth, transfer, wire
 from fedvc.errors import FedvcError
 from fedvc.objects import MalformedObjectError
 from fedvc.repo import RevisionError
 from fedvc.round import RoundError, UpdateRejected
+from fedvc.signing import PublicKey
 from fedvc.store.base import CorruptObjectError, ObjectNotFoundError
 from fedvc.transport import CoordinatorLink, WireObject
+from fedvc.trust import TrustStore
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -58,6 +67,8 @@ def status_of(error: FedvcError) -> Any:
     if isinstance(error, UpdateRejected):
         unknown = error.reason == "unknown_key"
         return grpc.StatusCode.PERMISSION_DENIED if unknown else grpc.StatusCode.FAILED_PRECONDITION
+    if isinstance(error, call_auth.CallRejected):
+        return grpc.StatusCode.UNAUTHENTICATED
     if isinstance(error, CorruptObjectError):
         return grpc.StatusCode.DATA_LOSS
     if isinstance(error, ObjectNotFoundError):
@@ -72,7 +83,8 @@ def status_of(error: FedvcError) -> Any:
 class FleetServicer:
     """Serves ``coordinator`` (anything with the ``CoordinatorLink`` methods) over gRPC.
 
-    ``bytes_received`` / ``bytes_sent`` count serialized message bytes; ``errors`` counts
+    With ``trust`` (the coordinator's client keys) every call must be signed by one of
+    them (``fedvc.call_auth``), checked against ``clock``. ``bytes_received`` / ``bytes_sent`` count serialized message bytes; ``errors`` counts
     failed calls by ``"Method:CODE"``; ``on_bytes`` hears every message as it passes.
     """
 
@@ -83,8 +95,12 @@ class FleetServicer:
         on_bytes: ByteCallback | None = None,
         chunk_size: int = wire.CHUNK_SIZE,
         max_object_size: int = transfer.MAX_OBJECT_SIZE,
+        trust: TrustStore | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.coordinator = coordinator
+        self.trust = trust
+        self.clock = clock
         self.on_bytes = on_bytes
         self.chunk_size = chunk_size
         self.max_object_size = max_object_size
@@ -110,8 +126,14 @@ class FleetServicer:
     # -- the methods: decode, call, encode -------------------------------------------------
 
     def next_round(self, request: bytes, context: Any) -> bytes:
-        with self._guard("NextRound", context):
+        with self._guard("NextRound", context) as caller:
             key_id = wire.decode_next_round_request(self._in(request))
+            if caller is not None and caller.key_id != key_id:
+                raise UpdateRejected(
+                    "unknown_key",
+                    f"the call is signed by key {caller.key_id} but asks for work as key "
+                    f"{key_id}; a client asks for work under its own key",
+                )
             return self._out(wire.encode_offer(self.coordinator.next_round(key_id)))
 
     def list_objects(self, request: bytes, context: Any) -> Iterator[bytes]:
@@ -171,10 +193,15 @@ class FleetServicer:
             self.on_bytes(direction, n)
 
     @contextmanager
-    def _guard(self, method: str, context: Any) -> Iterator[None]:
-        """Turn a fedvc error into the gRPC status that describes it, and count it."""
+    def _guard(self, method: str, context: Any) -> Iterator[PublicKey | None]:
+        """Check the call's credentials (with a trust store) and give the key that signed
+        it; turn a fedvc error into the gRPC status that describes it, and count it."""
         try:
-            yield
+            caller = None
+            if self.trust is not None:
+                metadata = context.invocation_metadata()
+                caller = call_auth.authenticate(metadata, method, self.trust, self.clock())
+            yield caller
         except FedvcError as error:
             code = status_of(error)
             with self._lock:

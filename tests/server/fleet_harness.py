@@ -60,16 +60,26 @@ class Fleet:
     def address(self) -> str:
         return f"127.0.0.1:{self.running.port}"
 
-    def link(self, *, tls: ClientTls | None = None, give_up_after: float = 20.0) -> GrpcLink:
+    def link(
+        self,
+        *,
+        tls: ClientTls | None = None,
+        give_up_after: float = 20.0,
+        signer: SigningKey | None = None,
+    ) -> GrpcLink:
+        """A link to the fleet whose calls ``signer`` signs (the first client's key if none
+        is given: a trusted key, so that a test reaches what it checks)."""
         from fedvc_client.link import Backoff, GrpcLink
 
         backoff = Backoff(initial=0.05, maximum=0.5, give_up_after=give_up_after)
         target = f"localhost:{self.running.port}" if tls else self.address
-        link = GrpcLink(target, tls=tls, backoff=backoff, timeout=20.0)
+        signer = signer or self.keys[0]
+        link = GrpcLink(target, tls=tls, signer=signer, backoff=backoff, timeout=20.0)
         self.links.append(link)
         return link
 
     def participant(self, key: SigningKey, delta: float = 1.0, **link: Any) -> Participant:
+        link.setdefault("signer", key)
         return Participant(self.link(**link), Shift(delta), key, Repository.memory(), sleep=_nap)
 
     def trust(self) -> TrustStore:
@@ -114,7 +124,7 @@ def fleet_factory(tmp_path: Path) -> Iterator[FleetFactory]:
         )
         from fedvc_server.servicer import FleetServicer, start_server
 
-        servicer = FleetServicer(coordinator)
+        servicer = FleetServicer(coordinator, trust=coordinator.trust)
         running = start_server(servicer, credentials=credentials, max_workers=8)
         fleet = Fleet(repo, coordinator, servicer, running, record, server_key, keys)
         made.append(fleet)

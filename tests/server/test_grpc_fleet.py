@@ -157,17 +157,81 @@ def test_a_second_update_from_one_client_is_a_duplicate(fleet: Fleet) -> None:
 
 
 def test_an_unknown_key_asking_for_work_is_permission_denied(fleet: Fleet) -> None:
-    link = fleet.link()
+    link = fleet.link(signer=OUTSIDER)
     with pytest.raises(UpdateRejected, match="ask the operator") as caught:
         link.next_round(str(OUTSIDER.key_id))
     assert caught.value.reason == "unknown_key"
     with pytest.raises(grpc.RpcError) as raw:
         link.channel.unary_unary(wire.method_path("NextRound"))(
-            wire.encode_next_round_request(str(OUTSIDER.key_id))
+            wire.encode_next_round_request(str(OUTSIDER.key_id)),
+            metadata=link.credentials("NextRound"),
         )
     assert raw.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert fleet.servicer.errors["NextRound:PERMISSION_DENIED"] == 2
     finish(fleet, *(fleet.participant(k) for k in fleet.keys))
+
+
+def test_a_client_cannot_ask_for_work_under_another_clients_key(fleet: Fleet) -> None:
+    mine, theirs = fleet.keys
+    with pytest.raises(UpdateRejected, match=r"signed by key \w+ but asks for work as key"):
+        fleet.link(signer=mine).next_round(str(theirs.key_id))
+    assert fleet.coordinator.state is not None and not fleet.coordinator.state.assigned
+    finish(fleet, *(fleet.participant(k) for k in fleet.keys))
+
+
+FLEET_METHODS = ["NextRound", "ListObjects", "GetObjects", "Missing", "PutObjects", "Submit"]
+
+
+@pytest.mark.parametrize("method", FLEET_METHODS)
+def test_a_call_without_valid_credentials_is_unauthenticated(fleet: Fleet, method: str) -> None:
+    """No credentials, expired ones, and a signature by another key: each refused before
+    the request is read (a valid request, so nothing else could refuse it)."""
+    client = fleet.keys[0]
+    payload = os.urandom(100)
+    obj = WireObject(hash_object("blob", payload), "blob", payload)
+    requests = {
+        "NextRound": wire.encode_next_round_request(str(client.key_id)),
+        "ListObjects": wire.encode_list_request(fleet.repo.resolve("main")),
+        "GetObjects": wire.encode_ids([fleet.repo.resolve("main")]),
+        "Missing": wire.encode_ids([obj.oid]),
+        "PutObjects": next(iter(wire.encode_chunks(obj, 1 << 20))),
+        "Submit": wire.encode_submit(1, fleet.repo.resolve("main")),
+    }
+    link = fleet.link(signer=client)
+    forged = dict(link.credentials(method))
+    forged["fedvc-signature"] = dict(fleet.link(signer=OUTSIDER).credentials(method))[
+        "fedvc-signature"
+    ]
+    stale = fleet.link(signer=client)
+    stale.wall_clock = lambda: 1_000_000.0  # 1970: far outside the server's window
+    cases = {
+        "no credentials": ((), "carries no fedvc-key, fedvc-time, fedvc-signature"),
+        "expired": (stale.credentials(method), "set the client's clock right"),
+        "forged": (tuple(forged.items()), "is not key"),
+        "another method's": (
+            link.credentials("Missing" if method != "Missing" else "Submit"),
+            "is not key",
+        ),
+    }
+    for name, (metadata, expected) in cases.items():
+        with pytest.raises(grpc.RpcError) as caught:
+            raw_call(link.channel, method, requests[method], metadata)
+        assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED, name
+        assert expected in caught.value.details(), (name, caught.value.details())
+    assert fleet.servicer.errors[f"{method}:UNAUTHENTICATED"] == len(cases)
+    assert not fleet.repo.objects.contains(obj.oid)
+    assert fleet.coordinator.state is not None and not fleet.coordinator.state.assigned
+    raw_call(link.channel, method, requests[method], link.credentials(method))  # signed: served
+    finish(fleet, *(fleet.participant(k) for k in fleet.keys))
+
+
+def test_an_unsigned_link_is_told_to_sign(fleet: Fleet) -> None:
+    from fedvc_client.link import GrpcLink
+
+    with GrpcLink(fleet.address) as unsigned, pytest.raises(LinkError) as caught:
+        unsigned.next_round(str(fleet.keys[0].key_id))
+    assert caught.value.code == grpc.StatusCode.UNAUTHENTICATED
+    assert "signer=key" in str(caught.value) and "fedvc-client --key" in str(caught.value)
 
 
 def test_a_stream_ending_inside_an_object_stores_nothing(fleet: Fleet) -> None:
@@ -178,9 +242,10 @@ def test_a_stream_ending_inside_an_object_stores_nothing(fleet: Fleet) -> None:
         first = fleet_pb2.ObjectChunk(oid=oid, kind="blob", total_size=2500, data=payload[:1000])
         yield first.SerializeToString()
 
-    put = fleet.link().channel.stream_unary(wire.method_path("PutObjects"))
+    link = fleet.link()
+    put = link.channel.stream_unary(wire.method_path("PutObjects"))
     with pytest.raises(grpc.RpcError) as caught:
-        put(truncated())
+        put(truncated(), metadata=link.credentials("PutObjects"))
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "ended inside object" in caught.value.details() and oid in caught.value.details()
     assert not fleet.repo.objects.contains(oid)
@@ -219,22 +284,23 @@ def test_an_object_the_server_lacks_is_not_found(fleet: Fleet) -> None:
     assert link.missing([absent]) == [absent]
 
 
-def raw_call(channel: grpc.Channel, method: str, data: bytes) -> None:
+def raw_call(
+    channel: grpc.Channel, method: str, data: bytes, metadata: tuple[tuple[str, str], ...]
+) -> None:
     path = wire.method_path(method)
     if method in ("ListObjects", "GetObjects"):
-        list(channel.unary_stream(path)(data))
+        list(channel.unary_stream(path)(data, metadata=metadata))
     elif method == "PutObjects":
-        channel.stream_unary(path)(iter([data]))
+        channel.stream_unary(path)(iter([data]), metadata=metadata)
     else:
-        channel.unary_unary(path)(data)
+        channel.unary_unary(path)(data, metadata=metadata)
 
 
-@pytest.mark.parametrize(
-    "method", ["NextRound", "ListObjects", "GetObjects", "Missing", "PutObjects", "Submit"]
-)
+@pytest.mark.parametrize("method", FLEET_METHODS)
 def test_garbage_instead_of_a_protobuf_is_invalid_argument(fleet: Fleet, method: str) -> None:
+    link = fleet.link()
     with pytest.raises(grpc.RpcError) as caught:
-        raw_call(fleet.link().channel, method, b"\xff\x00garbage")
+        raw_call(link.channel, method, b"\xff\x00garbage", link.credentials(method))
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "fedvc.proto.v1" in caught.value.details()
     assert fleet.servicer.errors[f"{method}:INVALID_ARGUMENT"] == 1
