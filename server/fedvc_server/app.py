@@ -58,7 +58,10 @@ class FleetServer:
         observers = [self.metrics] + ([progress] if progress is not None else [])
         self.coordinator: Coordinator = build_coordinator(config, observer=Observers(observers))
         self.servicer = FleetServicer(
-            self.coordinator, on_bytes=self.metrics.count_bytes, trust=self.coordinator.trust
+            self.coordinator,
+            on_bytes=self.metrics.count_bytes,
+            on_error=self.metrics.call_failed,
+            trust=self.coordinator.trust,
         )
         self.running: RunningServer | None = None
         self._stop = threading.Event()

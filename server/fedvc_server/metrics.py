@@ -63,6 +63,13 @@ class FleetMetrics:
         )
         for reason in REJECTION_REASONS:  # every reason shows up as 0 before it first happens
             self.updates_rejected.labels(reason=reason)
+        self.call_errors = Counter(
+            "fedvc_call_errors",
+            "Fleet calls that failed, by method and gRPC status (UNAUTHENTICATED: unsigned or "
+            "badly signed; PERMISSION_DENIED: an untrusted key)",
+            ["method", "code"],
+            registry=r,
+        )
         self.bytes_received = Counter(
             "fedvc_bytes_received", "Payload bytes received from clients", registry=r
         )
@@ -103,6 +110,9 @@ class FleetMetrics:
     def client_seen(self, key_id: str) -> None:
         with self._lock:
             self._seen[key_id] = self._clock()
+
+    def call_failed(self, method: str, code: str) -> None:
+        self.call_errors.labels(method=method, code=code).inc()
 
     def count_bytes(self, direction: str, count: int) -> None:
         (self.bytes_received if direction == "in" else self.bytes_sent).inc(count)

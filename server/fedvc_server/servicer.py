@@ -84,8 +84,10 @@ class FleetServicer:
     """Serves ``coordinator`` (anything with the ``CoordinatorLink`` methods) over gRPC.
 
     With ``trust`` (the coordinator's client keys) every call must be signed by one of
-    them (``fedvc.call_auth``), checked against ``clock``. ``bytes_received`` / ``bytes_sent`` count serialized message bytes; ``errors`` counts
-    failed calls by ``"Method:CODE"``; ``on_bytes`` hears every message as it passes.
+    them (``fedvc.call_auth``), checked against ``clock``. ``bytes_received`` /
+    ``bytes_sent`` count serialized message bytes; ``errors`` counts failed calls by
+    ``"Method:CODE"``; ``on_bytes`` hears every message as it passes, ``on_error`` every
+    failed call (method, status code name).
     """
 
     def __init__(
@@ -95,6 +97,7 @@ class FleetServicer:
         on_bytes: ByteCallback | None = None,
         chunk_size: int = wire.CHUNK_SIZE,
         max_object_size: int = transfer.MAX_OBJECT_SIZE,
+        on_error: Callable[[str, str], None] | None = None,
         trust: TrustStore | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -102,6 +105,7 @@ class FleetServicer:
         self.trust = trust
         self.clock = clock
         self.on_bytes = on_bytes
+        self.on_error = on_error
         self.chunk_size = chunk_size
         self.max_object_size = max_object_size
         self.bytes_received = 0
@@ -192,6 +196,12 @@ class FleetServicer:
         if self.on_bytes is not None:
             self.on_bytes(direction, n)
 
+    def _failed(self, method: str, code: str) -> None:
+        with self._lock:
+            self.errors[f"{method}:{code}"] += 1
+        if self.on_error is not None:
+            self.on_error(method, code)
+
     @contextmanager
     def _guard(self, method: str, context: Any) -> Iterator[PublicKey | None]:
         """Check the call's credentials (with a trust store) and give the key that signed
@@ -204,8 +214,7 @@ class FleetServicer:
             yield caller
         except FedvcError as error:
             code = status_of(error)
-            with self._lock:
-                self.errors[f"{method}:{code.name}"] += 1
+            self._failed(method, code.name)
             metadata = []
             details = str(error)
             if isinstance(error, UpdateRejected):
@@ -218,8 +227,7 @@ class FleetServicer:
             context.set_trailing_metadata(tuple(metadata))
             context.abort(code, details)
         except Exception:  # a bug: gRPC answers UNKNOWN; count it and keep the traceback
-            with self._lock:
-                self.errors[f"{method}:UNKNOWN"] += 1
+            self._failed(method, "UNKNOWN")
             log.exception("%s from %s failed unexpectedly", method, context.peer())
             raise
 

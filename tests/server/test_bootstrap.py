@@ -103,3 +103,36 @@ def test_no_trusted_keys_is_refused(tmp_path: Path) -> None:
     empty.mkdir()
     with pytest.raises(KeyFileError, match="holds no key files"):
         build_coordinator(ServerConfig(**{**config.__dict__, "trusted_keys": (empty,)}))
+
+
+def test_the_server_serves_only_calls_signed_by_its_trusted_keys(tmp_path: Path) -> None:
+    """FleetServer wires the coordinator's trust store into the servicer and counts the
+    refused calls in its metrics."""
+    import grpc
+    from fedvc_client.link import GrpcLink, LinkError
+    from fedvc_server.app import FleetServer
+
+    from fedvc.round import UpdateRejected
+    from fedvc.transport import RoundOffer
+
+    client = SigningKey.generate()
+    config = setup(tmp_path, address="127.0.0.1:0", metrics_port=0)
+    (tmp_path / "clients" / "mine.pub").write_bytes(client.public_key.to_pem())
+    server = FleetServer(config).start()
+    try:
+        address = f"127.0.0.1:{server.port}"
+        with GrpcLink(address) as unsigned, pytest.raises(LinkError) as caught:
+            unsigned.next_round(str(client.key_id))
+        assert caught.value.code == grpc.StatusCode.UNAUTHENTICATED
+        stranger = SigningKey.generate()
+        with GrpcLink(address, signer=stranger) as link, pytest.raises(UpdateRejected):
+            link.next_round(str(stranger.key_id))
+        with GrpcLink(address, signer=client) as link:
+            assert isinstance(link.next_round(str(client.key_id)), RoundOffer)
+        counted = server.metrics.registry.get_sample_value
+        labels = {"method": "NextRound"}
+        assert counted("fedvc_call_errors_total", {**labels, "code": "UNAUTHENTICATED"}) == 1
+        assert counted("fedvc_call_errors_total", {**labels, "code": "PERMISSION_DENIED"}) == 1
+    finally:
+        server.stop()
+        server.coordinator.repo.close()
