@@ -1,6 +1,6 @@
 """``fedvc``: the command line over the library.
 
-Commands: init, keygen, commit, log, show, diff, checkout, branch, tag, verify, merge,
+Commands: init, keygen, commit, log, show, diff, checkout, branch, tag, verify, gc, merge,
 barrier, simulate.
 Each is a small function from parsed arguments to printed text; the work is in the
 library. Exit codes: 0 success, 1 a check failed (``verify``), 2 bad input or a fedvc

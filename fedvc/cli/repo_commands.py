@@ -9,8 +9,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from fedvc import render
-from fedvc.cli.common import open_repo, parse_assignments, print_json
+from fedvc import gc, render
+from fedvc.cli.common import UsageError, open_repo, parse_assignments, print_json
 from fedvc.objects import Commit, ObjectId, short_id
 from fedvc.replay import replay_history
 from fedvc.repo import Repository
@@ -253,6 +253,26 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 1
 
 
+def cmd_gc(args: argparse.Namespace) -> int:
+    if args.older_than < 0:
+        raise UsageError(f"--older-than must be 0 or more seconds, got {args.older_than:g}")
+    with open_repo(args) as repo:
+        report = gc.collect(repo, grace_seconds=args.older_than, dry_run=args.dry_run)
+    verb = "would remove" if args.dry_run else "removed"
+    print(
+        f"{verb} {len(report.removed)} unreachable objects ({render.size(report.removed_bytes)}) "
+        f"and {report.temp_files} temporary files; kept {report.reachable} reachable objects "
+        f"and {report.young} unreachable ones younger than {args.older_than:g} s"
+    )
+    if report.missing:
+        listed = ", ".join(short_id(oid) for oid in report.missing[:5])
+        print(
+            f"warning: the history names {len(report.missing)} objects the store lacks "
+            f"({listed}); run fedvc verify"
+        )
+    return 0
+
+
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("init", help="create a repository")
     p.add_argument("directory", nargs="?", default=".")
@@ -319,3 +339,15 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     )
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=cmd_verify)
+
+    p = sub.add_parser("gc", help="remove the objects no branch or tag reaches")
+    p.add_argument(
+        "--older-than",
+        type=float,
+        default=gc.DEFAULT_GRACE_SECONDS,
+        metavar="SECONDS",
+        help="keep unreachable objects written more recently (default: 14 days); longer "
+        "than a round when a server uses the repository",
+    )
+    p.add_argument("--dry-run", action="store_true", help="only report what would be removed")
+    p.set_defaults(run=cmd_gc)

@@ -106,6 +106,18 @@ class Database:
             self._conn.close()
 
 
+def _freshened(path: Path) -> bool:
+    """Touch the object file at ``path`` if it exists, so that ``fedvc gc`` (which keeps
+    recent files) does not remove an object that is being written again right now."""
+    try:
+        os.utime(path)
+    except FileNotFoundError:
+        return False
+    except OSError:  # a store this process may read but not touch: the object is there
+        return path.is_file()
+    return True
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -147,7 +159,7 @@ class DiskObjectStore:
         commit = check_payload(kind, payload)
         oid = hash_object(kind, payload) if hashed is None else hashed
         path = self._path(oid)
-        if not path.exists():
+        if not _freshened(path):
             self._write_atomic(path, object_header(kind, len(payload)), payload)
         if commit is not None:
             self._index_commit(oid, commit)
@@ -221,6 +233,31 @@ class DiskObjectStore:
 
     def close(self) -> None:
         self._db.close()
+
+    def stat(self, oid: ObjectId) -> tuple[float, int]:
+        """When object ``oid`` was last written (or written again) and its size on disk."""
+        try:
+            info = self._path(oid).stat()
+        except FileNotFoundError:
+            raise ObjectNotFoundError(oid) from None
+        return info.st_mtime, info.st_size
+
+    def remove(self, oid: ObjectId) -> None:
+        """Delete object ``oid`` (and its commit index entry). Only ``fedvc.gc`` calls
+        this, for objects no ref reaches: a store is otherwise append-only."""
+        self._db.execute("DELETE FROM commits WHERE id = ?", (oid,))
+        self._path(oid).unlink(missing_ok=True)
+
+    def temp_files(self, *, older_than: float) -> list[Path]:
+        """Files in ``tmp/`` last written before ``older_than``: objects whose writer
+        crashed before renaming them into place."""
+        if not self._tmp.is_dir():
+            return []
+        return sorted(
+            path
+            for path in self._tmp.iterdir()
+            if path.is_file() and path.stat().st_mtime < older_than
+        )
 
     def commits_with_prefix(self, prefix: str) -> list[ObjectId]:
         rows = self._db.query(
