@@ -51,38 +51,41 @@ class GcReport:
 
 
 def reachable(repo: Repository) -> tuple[set[ObjectId], set[ObjectId]]:
-    """Every object id reachable from the repository's refs, and those of them it lacks."""
+    """Every object id reachable from the repository's refs, and those the history needs
+    that the store lacks. A rejected update is kept when it is there, but it is no loss
+    when it is not: an update is often rejected because it never fully arrived."""
     found: set[ObjectId] = set()
     missing: set[ObjectId] = set()
-    pending = list(repo.refs.list_refs().values())
+    pending = [(oid, True) for oid in repo.refs.list_refs().values()]  # (id, needed)
 
-    def snapshot(oid: ObjectId) -> None:
-        if oid in found or oid in missing:
+    def snapshot(oid: ObjectId, needed: bool) -> None:
+        if oid in found:
             return
         try:
             blobs = [entry.blob for entry in repo.get_snapshot(oid).tensors.values()]
         except ObjectNotFoundError:
-            missing.add(oid)
+            if needed:
+                missing.add(oid)
             return
         found.add(oid)
         found.update(blobs)
 
     while pending:
-        oid = pending.pop()
-        if oid in found or oid in missing:
+        oid, needed = pending.pop()
+        if oid in found:
             continue
         try:
             commit = repo.get_commit(oid)
         except ObjectNotFoundError:
-            missing.add(oid)
+            if needed:
+                missing.add(oid)
             continue
         found.add(oid)
-        snapshot(commit.snapshot)
-        for attached in attached_snapshots(commit).values():
-            snapshot(attached)
-        pending.extend(commit.parents)
-        pending.extend(_rejected_commits(commit.metadata))
-    return found, {oid for oid in missing if oid not in found}
+        for attached in (commit.snapshot, *attached_snapshots(commit).values()):
+            snapshot(attached, needed)
+        pending += [(parent, needed) for parent in commit.parents]
+        pending += [(rejected, False) for rejected in _rejected_commits(commit.metadata)]
+    return found, missing - found
 
 
 def _rejected_commits(metadata: Mapping[str, object]) -> list[ObjectId]:

@@ -111,6 +111,16 @@ def test_a_ref_to_a_lost_object_is_reported_not_fatal(repo: Repository) -> None:
     assert collect(repo, grace_seconds=0).missing == (lost,)
 
 
+def test_a_rejected_update_that_never_arrived_is_no_loss(repo: Repository) -> None:
+    base = repo.resolve("main~1")
+    record = {"rejected": [{"commit": "cd" * 32, "key_id": "", "reason": "missing_objects"}]}
+    merge = repo.write_commit(
+        repo.write_snapshot(model(5)), parents=[base], metadata={"round": record}
+    )
+    repo.refs.set_ref("refs/heads/other", merge, None)
+    assert collect(repo, grace_seconds=0).missing == ()
+
+
 def test_a_repository_in_memory_is_refused() -> None:
     with pytest.raises(GcError, match="only a repository on disk"):
         collect(Repository.memory())
