@@ -21,7 +21,7 @@ from fedvc.diff import distance as param_distance
 from fedvc.merge.regmean import bias_of
 from fedvc.objects import Commit, ObjectId, Snapshot, is_object_id
 from fedvc.round import ROUND_KEY, Admitted, RoundState, UpdateRejected
-from fedvc.signing import PublicKey, commit_signature_valid
+from fedvc.signing import PublicKey, SigningError, commit_signature_valid
 from fedvc.tensors import ParamMap, dtype_name, name_mismatch
 from fedvc.trust import TrustStore
 
@@ -116,7 +116,10 @@ def admit(
 def _signer(commit: Commit, trust: TrustStore) -> PublicKey:
     if commit.author is None or commit.signature is None:
         raise UpdateRejected("bad_signature", "the update commit is not signed")
-    key = PublicKey.from_hex(commit.author)
+    try:
+        key = PublicKey.from_hex(commit.author)
+    except SigningError as exc:  # 64 hex digits that are no Ed25519 point
+        raise UpdateRejected("bad_signature", f"the update's author is not a key: {exc}") from None
     if not trust.trusts(key):
         raise UpdateRejected(
             "unknown_key",

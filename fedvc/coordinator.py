@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from fedvc.admission import admit
-from fedvc.merge.base import MergeStrategy, StrategySpec
+from fedvc.merge.base import MergeStrategy, uses_fisher, uses_grams
 from fedvc.objects import Commit, ObjectId
 from fedvc.repo import Repository, RevisionError, branch_ref
 from fedvc.round import (
@@ -53,13 +53,10 @@ from fedvc.tensors import ParamMap
 from fedvc.transport import Finished, Offer, RoundOffer, Verdict, Wait, WireObject
 from fedvc.trust import TrustStore
 
-FISHER_STRATEGIES = frozenset({"fisher", "matched_fisher"})
 REPLAY_MEMORY = 16
 """Rounds whose admitted updates the coordinator remembers, so that one sent again is
 refused as a "replay". An older update is refused all the same, as "wrong_round" (its
 round and base are long past), and memory stays bounded over a long-running fleet."""
-"""Strategies that merge with each client's diagonal Fisher: their rounds ask clients for
-one and reject updates that come without it."""
 
 
 @dataclass(frozen=True)
@@ -139,16 +136,6 @@ class CoordinatorConfig:
     def __post_init__(self) -> None:
         if self.rounds < 1:
             raise RoundError(f"a run needs at least one round, got rounds={self.rounds}")
-
-
-def uses_fisher(spec: StrategySpec) -> bool:
-    """True when ``spec`` or any strategy it chains merges with Fisher information."""
-    return spec.name in FISHER_STRATEGIES or any(uses_fisher(c) for c in spec.children)
-
-
-def uses_grams(spec: StrategySpec) -> bool:
-    """True when ``spec`` or any strategy it chains merges with the layers' input Grams."""
-    return spec.name == "regmean" or any(uses_grams(c) for c in spec.children)
 
 
 def _key_id(author: str) -> str:
@@ -393,7 +380,7 @@ class Coordinator:
     def _refuse(
         self, state: RoundState | None, commit: ObjectId, author: str, error: UpdateRejected
     ) -> Verdict:
-        if state is not None:
+        if state is not None and not self._closing:  # a closing round's record is written
             rejection = Rejected(_key_id(author), commit, error.reason, error.detail)
             self._state = reject(state, rejection)
         self.observer.rejected(error.reason)
@@ -404,7 +391,7 @@ class Coordinator:
         keeps every other thread from admitting to, or closing, this round meanwhile)."""
         started = time.perf_counter()
         base = self._base_params(state.base)
-        updates = [admitted_update(self.repo, a) for a in state.admitted]
+        updates = [admitted_update(self.repo, a, self.strategy.spec) for a in state.admitted]
         result = merge_round(
             state, base, updates, self.strategy, self._strategy_state, closed_at=now
         )

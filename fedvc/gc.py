@@ -8,11 +8,12 @@ each commit, its parents, its snapshot and blobs, the snapshots it names in its 
 round merge lists as rejected, which stay as evidence for an audit. Everything else
 older than the grace period is removed.
 
-Running beside a server or a client is safe in the way ``git gc`` is: objects written
-within the grace period are never removed, and writing an object that already exists
-touches its file (``DiskObjectStore.put``), so a blob a new update reuses is young again
-even when it was first written long ago. Choose a grace period longer than the longest
-round, so that an update uploaded for the open round is never taken.
+Running beside a server or a client is as safe as ``git gc`` is: objects written within
+the grace period are kept, and writing an object that already exists touches its file
+(``DiskObjectStore.put``), so a blob a new update reuses is young again even when it was
+first written long ago. As in git, a write that lands between gc's look at a file's age
+and its removal can still lose that object: choose a grace period longer than the
+longest round, and prefer running gc when the fleet is idle.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from fedvc.errors import FedvcError
-from fedvc.objects import MalformedObjectError, ObjectId, validate_object_id
+from fedvc.objects import ObjectId, is_object_id
 from fedvc.repo import Repository
 from fedvc.round_store import attached_snapshots
 from fedvc.store.base import ObjectNotFoundError
@@ -68,7 +69,11 @@ def reachable(repo: Repository) -> tuple[set[ObjectId], set[ObjectId]]:
                 missing.add(oid)
             return
         found.add(oid)
-        found.update(blobs)
+        for blob in blobs:
+            if repo.objects.contains(blob):
+                found.add(blob)
+            elif needed:
+                missing.add(blob)
 
     while pending:
         oid, needed = pending.pop()
@@ -94,12 +99,9 @@ def _rejected_commits(metadata: Mapping[str, object]) -> list[ObjectId]:
     rejected = record.get("rejected") if isinstance(record, Mapping) else None
     ids = []
     for entry in rejected if isinstance(rejected, list) else []:
-        try:
-            ids.append(
-                validate_object_id(entry.get("commit") if isinstance(entry, Mapping) else None)
-            )
-        except MalformedObjectError:
-            continue  # a rejection of something that was never a stored commit
+        commit = entry.get("commit") if isinstance(entry, Mapping) else None
+        if isinstance(commit, str) and is_object_id(commit):  # else never a stored commit
+            ids.append(ObjectId(commit))
     return ids
 
 

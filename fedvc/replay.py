@@ -13,9 +13,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from fedvc.coordinator import uses_fisher
 from fedvc.graph import history
-from fedvc.merge.base import MergeError, State, StrategySpec, Update, ordered
+from fedvc.merge.base import (
+    MergeError,
+    State,
+    StrategySpec,
+    Update,
+    ordered,
+    uses_fisher,
+    uses_grams,
+)
 from fedvc.merge.registry import strategy_from_spec
 from fedvc.objects import (
     Commit,
@@ -107,9 +114,10 @@ def _recipe(repo: Repository, commit: Commit) -> Recipe | str:
 
 def _round_recipe(repo: Repository, commit: Commit, record: Mapping[str, Any]) -> Recipe:
     base_id = commit.parents[0]
-    updates = [admitted_update(repo, Admitted.from_json(p)) for p in record["participants"]]
+    spec = StrategySpec.from_json(record["strategy"])
+    updates = [admitted_update(repo, Admitted.from_json(p), spec) for p in record["participants"]]
     state = saved_strategy_state(repo, repo.get_commit(base_id))
-    return StrategySpec.from_json(record["strategy"]), base_id, updates, state
+    return spec, base_id, updates, state
 
 
 def _cli_recipe(repo: Repository, commit: Commit, record: Mapping[str, Any]) -> Recipe | str:
@@ -119,8 +127,8 @@ def _cli_recipe(repo: Repository, commit: Commit, record: Mapping[str, Any]) -> 
     if any(str(i["input"]).startswith("file:") for i in inputs):
         return "some inputs were model files, not commits"
     spec = StrategySpec.from_json(record["strategy"])
-    if uses_fisher(spec):
-        return "Fisher information came from files the commit does not hold"
+    if uses_fisher(spec) or uses_grams(spec):
+        return "the Fisher or Grams it merged with are not recorded in the commit"
     if len(commit.parents) != len(inputs) + 1:
         return "the merge had no base commit"
     updates = [Update(repo.read_params(i["input"]), float(i["weight"]), i["input"]) for i in inputs]

@@ -34,6 +34,7 @@ update, the round it was trained for. A restarted coordinator reads it from ``ma
 
 REJECTION_REASONS = (
     "unknown_key",  # the signer is not a trusted client
+    "wrong_key",  # a trusted client asked for work under another client's key
     "bad_signature",  # unsigned, or the signature does not match the commit
     "wrong_round",  # trained for another round
     "wrong_base",  # not branched from this round's base

@@ -10,24 +10,28 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
 
-from fedvc.merge.base import MergeStrategy, State, Update
-from fedvc.objects import Commit, MalformedObjectError, ObjectId, validate_object_id
+from fedvc.merge.base import MergeStrategy, State, StrategySpec, Update, uses_fisher, uses_grams
+from fedvc.objects import Commit, ObjectId, is_object_id
 from fedvc.repo import Repository, branch_ref
 from fedvc.round import Admitted, MergeResult, RoundState
 from fedvc.signing import SigningKey
 from fedvc.transport import WireObject
 
 
-def admitted_update(repo: Repository, admitted: Admitted) -> Update:
-    """The ``Update`` an admitted commit contributes: its model (memory-mapped), weighted by
-    its example count, named by its commit id, with its Fisher and Grams when it sent them."""
+def admitted_update(repo: Repository, admitted: Admitted, strategy: StrategySpec) -> Update:
+    """The ``Update`` an admitted commit contributes to a merge with ``strategy``: its model
+    (memory-mapped), weighted by its example count, named by its commit id, with its Fisher
+    and Grams when it sent them and the strategy merges with them (Grams can outweigh the
+    model, so they are not read for nothing)."""
     commit = repo.get_commit(admitted.commit)
+    fisher = admitted.fisher if uses_fisher(strategy) else None
+    grams = admitted.grams if uses_grams(strategy) else None
     return Update(
         repo.read_snapshot(commit.snapshot),
         weight=float(admitted.examples),
         client=admitted.commit,
-        fisher=repo.read_snapshot(admitted.fisher) if admitted.fisher else None,
-        grams=repo.read_snapshot(admitted.grams) if admitted.grams else None,
+        fisher=repo.read_snapshot(fisher) if fisher else None,
+        grams=repo.read_snapshot(grams) if grams else None,
     )
 
 
@@ -41,13 +45,8 @@ def attached_snapshots(commit: Commit) -> dict[str, ObjectId]:
         "Grams": commit.metadata.get("grams"),
         "strategy state": record.get("strategy_state") if isinstance(record, Mapping) else None,
     }
-    attached = {}
-    for role, value in found.items():
-        try:
-            attached[role] = validate_object_id(value)
-        except MalformedObjectError:
-            continue  # absent; a malformed id is refused at the door (bad_metadata)
-    return attached
+    # an absent or malformed id names nothing (a malformed one is refused at the door)
+    return {role: ObjectId(str(value)) for role, value in found.items() if is_object_id(value)}
 
 
 def saved_strategy_state(repo: Repository, commit: Commit) -> State | None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from regression import gram, least_squares
 
 from fedvc import cli
 from fedvc.align import apply_permutation, infer_spec, random_perms
@@ -367,14 +368,8 @@ def test_a_data_loader_that_returns_no_pair_is_a_usage_error(
 
 
 def least_squares_layer(x: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
-    """The linear layer (weight, bias) that best maps ``x`` to ``y``, in float64."""
-    solution = np.linalg.lstsq(np.hstack([x, np.ones((len(x), 1))]), y, rcond=None)[0]
-    return {"0.weight": solution[:-1].T.copy(), "0.bias": solution[-1].copy()}
-
-
-def gram(x: np.ndarray) -> dict[str, np.ndarray]:
-    with_ones = np.hstack([x, np.ones((len(x), 1))])
-    return {"0.weight": with_ones.T @ with_ones}
+    weight, bias = least_squares(x, y)
+    return {"0.weight": weight, "0.bias": bias}
 
 
 def regression_clients() -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -391,7 +386,7 @@ def test_regmean_takes_one_gram_file_per_input(
     xs, ys = regression_clients()
     for i, (x, y) in enumerate(zip(xs, ys, strict=True)):
         save_params(least_squares_layer(x, y), workdir / f"m{i}.safetensors")
-        save_params(gram(x), workdir / f"g{i}.safetensors")
+        save_params({"0.weight": gram(x)}, workdir / f"g{i}.safetensors")
 
     def merge(*grams: str) -> tuple[int, str, str]:
         gram_options = [arg for name in grams for arg in ("--gram", name)]
@@ -426,7 +421,8 @@ def test_merge_reads_the_fisher_and_grams_each_update_commit_attached(
     for i, (x, y) in enumerate(zip(xs, ys, strict=True)):
         layer = least_squares_layer(x, y)
         fisher = {k: np.full_like(v, 10.0 ** (6 - 12 * i)) for k, v in layer.items()}
-        metadata = {"grams": repo.write_snapshot(gram(x)), "fisher": repo.write_snapshot(fisher)}
+        grams = repo.write_snapshot({"0.weight": gram(x)})
+        metadata = {"grams": grams, "fisher": repo.write_snapshot(fisher)}
         updates.append(
             repo.write_commit(
                 repo.write_snapshot(layer), parents=[base], message=f"c{i}", metadata=metadata

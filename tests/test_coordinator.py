@@ -14,8 +14,8 @@ from fedvc.coordinator import (
     Coordinator,
     CoordinatorConfig,
     RoundLog,
-    uses_fisher,
 )
+from fedvc.merge.base import uses_fisher
 from fedvc.merge.registry import make
 from fedvc.objects import ObjectId
 from fedvc.participant import Participant, TaskError, TrainResult
@@ -371,12 +371,14 @@ def test_clients_are_answered_while_a_round_is_being_merged() -> None:
     verdicts: list[Any] = []
     closer = threading.Thread(target=lambda: verdicts.append(coord.submit(1, last)))
     closer.start()
-    assert entered.wait(10)  # the merge has started and is holding on
-    waiting = coord.next_round(a.key_id)  # answered at once, not after the merge
-    assert isinstance(waiting, Wait) and "being merged" in waiting.reason
-    assert coord.submit(1, last).reason == "round_closed"  # nothing enters a closing round
-    release.set()
-    closer.join(10)
+    try:
+        assert entered.wait(10)  # the merge has started and is holding on
+        waiting = coord.next_round(a.key_id)  # answered at once, not after the merge
+        assert isinstance(waiting, Wait) and "being merged" in waiting.reason
+        assert coord.submit(1, last).reason == "round_closed"  # nothing enters a closing round
+    finally:
+        release.set()  # a failed check above must not leave the merge waiting
+        closer.join(10)
     assert verdicts[0].admitted and "round_closed" in verdicts[0].extra
     assert isinstance(coord.next_round(a.key_id), RoundOffer)  # round 2 is open
 
@@ -399,11 +401,12 @@ def test_a_round_that_cannot_be_merged_stops_the_coordinator_and_says_why() -> N
 
 
 class ShiftWithGrams(Shift):
-    """Shift, sending a Gram for its one linear layer: the identity scaled by ``delta``."""
+    """Shift, sending a Gram for its one linear layer: the identity scaled by ``delta²``,
+    so that it weighs the client differently from its example count (10·delta)."""
 
     def train(self, params: ParamMap, config: Mapping[str, Any]) -> TrainResult:
         result = super().train(params, config)
-        grams = {"layer.weight": self.delta * np.eye(5)} if config.get("grams") else None
+        grams = {"layer.weight": self.delta**2 * np.eye(5)} if config.get("grams") else None
         return TrainResult(result.params, result.examples, result.metrics, grams=grams)
 
 
@@ -421,8 +424,9 @@ def test_regmean_rounds_carry_each_clients_grams_to_the_merge(tmp_path: Path) ->
         all("grams" in p for p in record["participants"])
         and record["strategy"]["name"] == "regmean"
     )
-    # Grams c·I weight each client's layer by c: a shift of (1·1 + 2·2 + 3·3) / 6
-    np.testing.assert_allclose(repo.read_params("main")["layer.bias"], 14 / 6, rtol=1e-6)
+    # Grams c²·I weight each client's layer by c²: a shift of (1·1 + 4·2 + 9·3) / 14, where
+    # weighting by example count (FedAvg) would give (1·1 + 2·2 + 3·3) / 6
+    np.testing.assert_allclose(repo.read_params("main")["layer.bias"], 36 / 14, rtol=1e-6)
     report = verify(repo, "main", trust=TRUST.with_key(SERVER.public_key))
     assert report.ok and all(r.ok for r in replay_history(repo, "main"))
     stingy = coordinator(make_repo(), rounds=1, strategy="regmean")
@@ -430,7 +434,7 @@ def test_regmean_rounds_carry_each_clients_grams_to_the_merge(tmp_path: Path) ->
         participants(stingy)[0].step()  # a task that sends no Grams
 
 
-def test_replays_are_named_for_the_rounds_remembered_and_refused_after(tmp_path: Path) -> None:
+def test_replays_are_named_for_the_rounds_remembered_and_refused_after() -> None:
     """The coordinator remembers REPLAY_MEMORY rounds of admitted updates (bounded memory);
     an update resent from further back is still refused, as being for a past round."""
     repo = make_repo()

@@ -84,6 +84,7 @@ def test_in_process_federation_example_runs_three_signed_rounds(
     assert "6." in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_the_quickstart_example_runs_a_verified_round(tmp_path: Path) -> None:
     """The README's first command, at one epoch: every fedvc command in it succeeds."""
     import subprocess

@@ -199,6 +199,9 @@ def test_unknown_key_and_unsigned_and_forged_signature() -> None:
     forged = dataclasses.replace(good, metadata={**good.metadata, "examples": 10_000})
     forged_id = door.repo.objects.put("commit", forged.encode())
     assert "does not match" in _rejected(door, forged_id, "bad_signature")
+    no_point = dataclasses.replace(good, author="f" * 64)  # 64 hex digits, no Ed25519 key
+    no_point_id = door.repo.objects.put("commit", no_point.encode())
+    assert "is not a key" in _rejected(door, no_point_id, "bad_signature")
 
 
 def test_round_base_place_duplicate_and_replay() -> None:

@@ -32,7 +32,7 @@ def load_task(spec: str, args: Mapping[str, Any] | None = None) -> Task:
         try:
             task = found(**dict(args or {})) if callable(found) else found
         except TypeError as exc:
-            raise UserCodeError(f"--task {spec!r} with {dict(args or {})}: {exc}") from None
+            raise UserCodeError(f"--task {spec!r} with {dict(args or {})}: {exc}") from exc
     if not callable(getattr(task, "train", None)):
         raise UserCodeError(
             f"--task {spec!r} gave {type(task).__name__}, which has no train(params, config) "

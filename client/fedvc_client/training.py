@@ -73,7 +73,7 @@ class MomentumSGD:
             step = param.grad
             if decay:
                 step = step.add(param, alpha=decay)
-            if self.anchor is not None and self.config.mu > 0:
+            if self.anchor is not None:  # built only when mu > 0
                 step = step.add(param - self.anchor[i], alpha=self.config.mu)
             if momentum:
                 velocity = self.velocity[i]

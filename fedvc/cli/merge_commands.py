@@ -42,9 +42,9 @@ from fedvc.cli.common import (
     parse_assignments,
     read_spec,
 )
-from fedvc.coordinator import uses_fisher, uses_grams
 from fedvc.interference import interference_report
 from fedvc.merge import MergeStrategy, StrategySpec, Update, align, chain, fedavg, make
+from fedvc.merge.base import uses_fisher, uses_grams
 from fedvc.merge.matched import permute_update
 from fedvc.objects import ObjectId, short_id
 from fedvc.repo import Repository, branch_ref

@@ -37,8 +37,8 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from fedvc.admission import check_grams, check_structure, check_values, params_layout
-from fedvc.coordinator import completed_rounds, uses_fisher, uses_grams
-from fedvc.merge.base import MergeError, MergeStrategy, State
+from fedvc.coordinator import completed_rounds
+from fedvc.merge.base import MergeError, MergeStrategy, State, uses_fisher, uses_grams
 from fedvc.merge.registry import make
 from fedvc.objects import ObjectId, short_id
 from fedvc.replay import snapshot_id
@@ -339,7 +339,8 @@ class FedvcStrategy(FedAvg):
     ) -> dict[str, np.ndarray]:
         """Merge as the coordinator does, write the octopus commit, move the branch."""
         assert self._strategy_state is not None  # loaded when the round opened
-        updates = [admitted_update(self.repo, a) for a in state.admitted]
+        spec = self.merge_strategy.spec
+        updates = [admitted_update(self.repo, a, spec) for a in state.admitted]
         result = merge_round(
             state, base, updates, self.merge_strategy, self._strategy_state, closed_at=self.clock()
         )
@@ -349,7 +350,6 @@ class FedvcStrategy(FedAvg):
         for rejection, origin in zip(record["rejected"], rejected_provenance, strict=True):
             rejection["flower"] = origin
         record["flower"] = {"server_round": server_round, "failures": failures}
-        spec = self.merge_strategy.spec
         oid = record_merge(
             self.repo,
             state,

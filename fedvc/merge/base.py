@@ -276,3 +276,24 @@ def check_same_structure(
                     f"{prefix}update {update.client!r}: tensor {name!r} has shape "
                     f"{array.shape}, expected {reference[name].shape}"
                 )
+
+
+FISHER_STRATEGIES = frozenset({"fisher", "matched_fisher"})
+"""Strategies that merge with each client's diagonal Fisher: their rounds ask clients for
+one and reject updates that come without it."""
+GRAMS_STRATEGIES = frozenset({"regmean"})
+"""Strategies that merge with each client's layer input Grams."""
+
+
+def uses_fisher(spec: StrategySpec) -> bool:
+    """True when ``spec`` or any strategy it chains merges with Fisher information."""
+    return _uses(spec, FISHER_STRATEGIES)
+
+
+def uses_grams(spec: StrategySpec) -> bool:
+    """True when ``spec`` or any strategy it chains merges with the layers' input Grams."""
+    return _uses(spec, GRAMS_STRATEGIES)
+
+
+def _uses(spec: StrategySpec, names: frozenset[str]) -> bool:
+    return spec.name in names or any(_uses(child, names) for child in spec.children)

@@ -36,13 +36,12 @@ def start_main(repo: Repository, spec: str, signer: SigningKey) -> None:
     tag of a pretrained model), or the model ``spec`` names, committed and signed."""
     if ":" not in spec and not is_model_path(spec):
         try:
-            oid = repo.resolve(spec)
+            repo.create_branch("main", spec)
         except FedvcError as exc:
             raise ConfigError(
                 f"[model] initial {spec!r} is neither a model file, a package.module:function "
                 f"nor a revision in the repository ({exc})"
             ) from None
-        repo.refs.set_ref(branch_ref("main"), oid, None)
         return
     params = as_param_map(initial_model(spec))
     repo.commit_params(params, "initial model", branch="main", signer=signer)

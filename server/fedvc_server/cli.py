@@ -56,17 +56,16 @@ def say(line: str) -> None:
 def serve(config_path: str) -> int:
     config = load_config(config_path)
     server = FleetServer(config, progress=ProgressPrinter(say)).start()
+    signal.signal(signal.SIGTERM, lambda *_: server.interrupt())  # docker stop, systemd
     state = server.coordinator.state
-    say(
+    say(  # only once SIGTERM is handled: whoever waits for this line may send it at once
         f"fedvc-server: serving {config.address.rsplit(':', 1)[0]}:{server.port}"
         f"{' with TLS' if config.tls else ''}; repository {config.repository}; "
         + (f"round {state.number} of {config.rounds}" if state else "all rounds are done")
     )
-    signal.signal(signal.SIGTERM, lambda *_: server.interrupt())  # docker stop, systemd
     try:
         server.wait()
-    except KeyboardInterrupt:
-        server.stop()
+    except KeyboardInterrupt:  # wait() has stopped the server on its way out
         return 130
     state = server.coordinator.state
     if state is not None:

@@ -65,8 +65,8 @@ serialized message bytes; ``FleetMetrics.count_bytes`` has this shape."""
 def status_of(error: FedvcError) -> Any:
     """The gRPC status code that tells a client what kind of failure ``error`` is."""
     if isinstance(error, UpdateRejected):
-        unknown = error.reason == "unknown_key"
-        return grpc.StatusCode.PERMISSION_DENIED if unknown else grpc.StatusCode.FAILED_PRECONDITION
+        denied = error.reason in ("unknown_key", "wrong_key")
+        return grpc.StatusCode.PERMISSION_DENIED if denied else grpc.StatusCode.FAILED_PRECONDITION
     if isinstance(error, call_auth.CallRejected):
         return grpc.StatusCode.UNAUTHENTICATED
     if isinstance(error, CorruptObjectError):
@@ -134,7 +134,7 @@ class FleetServicer:
             key_id = wire.decode_next_round_request(self._in(request))
             if caller is not None and caller.key_id != key_id:
                 raise UpdateRejected(
-                    "unknown_key",
+                    "wrong_key",
                     f"the call is signed by key {caller.key_id} but asks for work as key "
                     f"{key_id}; a client asks for work under its own key",
                 )

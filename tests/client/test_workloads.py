@@ -48,7 +48,9 @@ def test_digits_are_read_as_scikit_learn_loads_them_without_importing_it() -> No
         "import sys; from fedvc_client.workloads import digits; digits(); "
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('sklearn', 'scipy')))"
     )
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=120
+    )
     assert out.stdout.strip() == "[]"
 
 

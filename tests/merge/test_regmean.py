@@ -5,15 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from bitwise import assert_bit_equal
+from regression import gram, least_squares, with_ones
 
 from fedvc.align import infer_spec, random_perms
 from fedvc.merge import MergeError, Update, make, regmean
 from fedvc.merge.matched import permute_update
 from fedvc.merge.registry import strategy_from_spec
-
-
-def with_ones(x: np.ndarray) -> np.ndarray:
-    return np.hstack([x, np.ones((len(x), 1))])
 
 
 def least_squares_client(
@@ -22,10 +19,9 @@ def least_squares_client(
     """A linear layer fitted exactly to its own data, with that data's Gram."""
     x = rng.standard_normal((rows, 4)) + shift  # clients see different input regions
     y = x @ rng.standard_normal((4, 2)) + rng.standard_normal((rows, 2))
-    solution = np.linalg.lstsq(with_ones(x), y, rcond=None)[0]  # (5, 2): [W b]^T
-    params = {"0.weight": solution[:4].T.copy(), "0.bias": solution[4].copy()}
-    gram = with_ones(x).T @ with_ones(x)
-    return Update(params, weight=float(rows), client=f"c{shift}", grams={"0.weight": gram}), x, y
+    weight, bias = least_squares(x, y)
+    params = {"0.weight": weight, "0.bias": bias}
+    return Update(params, weight=float(rows), client=f"c{shift}", grams={"0.weight": gram(x)}), x, y
 
 
 def test_exact_layers_merge_into_the_regression_on_the_pooled_data() -> None:
@@ -36,9 +32,9 @@ def test_exact_layers_merge_into_the_regression_on_the_pooled_data() -> None:
     merged, _ = regmean(alpha=1.0).merge(None, [u for u, _, _ in clients], {})
     x = np.vstack([c[1] for c in clients])
     y = np.vstack([c[2] for c in clients])
-    pooled = np.linalg.lstsq(with_ones(x), y, rcond=None)[0]
-    np.testing.assert_allclose(merged["0.weight"], pooled[:4].T, rtol=1e-6, atol=1e-8)
-    np.testing.assert_allclose(merged["0.bias"], pooled[4], rtol=1e-6, atol=1e-8)
+    pooled_weight, pooled_bias = least_squares(x, y)
+    np.testing.assert_allclose(merged["0.weight"], pooled_weight, rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(merged["0.bias"], pooled_bias, rtol=1e-6, atol=1e-8)
     naive = np.mean([u.params["0.weight"] for u, _, _ in clients], axis=0)
     assert not np.allclose(merged["0.weight"], naive, atol=1e-3)  # not a plain average
 
