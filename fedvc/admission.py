@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from fedvc.diff import distance as param_distance
-from fedvc.merge.regmean import bias_of
+from fedvc.merge.regmean import gram_problem
 from fedvc.objects import Commit, ObjectId, Snapshot, is_object_id
 from fedvc.round import ROUND_KEY, Admitted, RoundState, UpdateRejected
 from fedvc.signing import PublicKey, SigningError, commit_signature_valid
@@ -204,18 +204,9 @@ def check_grams(base: Layout, grams: Layout) -> None:
     """Raise ``UpdateRejected("structure")`` unless every Gram belongs to a 2-D floating
     weight of the base and is square over its inputs (plus one for its bias, if any)."""
     for name, (dtype, shape) in grams.items():
-        weight = base.get(name)
-        if weight is None or len(weight[1]) != 2 or not weight[0].startswith("float"):
-            raise UpdateRejected(
-                "structure", f"a Gram is named {name!r}, which is not a 2-D floating weight"
-            )
-        side = weight[1][1] + (bias_of(name, base) is not None)
-        if shape != (side, side) or not dtype.startswith("float"):
-            raise UpdateRejected(
-                "structure",
-                f"the Gram of {name!r} must be a floating {side}x{side} matrix (inputs, plus "
-                f"one for the bias), got {dtype}{list(shape)}",
-            )
+        problem = gram_problem(name, base, dtype, shape)
+        if problem is not None:
+            raise UpdateRejected("structure", problem)
 
 
 def check_values(what: str, params: ParamMap, *, fisher: bool = False) -> None:

@@ -125,7 +125,8 @@ def round_lines(record: Mapping[str, object]) -> list[str]:
     Raises KeyError, TypeError or ValueError on a record of another shape."""
     strategy = record["strategy"]
     participants = record["participants"]
-    assert isinstance(strategy, Mapping) and isinstance(participants, list)
+    if not (isinstance(strategy, Mapping) and isinstance(participants, list)):
+        raise TypeError("a round record needs a strategy mapping and a participant list")
     params = ", ".join(f"{k}={v}" for k, v in sorted(dict(strategy.get("params", {})).items()))
     names = sorted({m for p in participants for m in p.get("metrics", {})})
     rows = [
@@ -152,7 +153,8 @@ def round_lines(record: Mapping[str, object]) -> list[str]:
             f"{number(interference.get('sign_conflict'))}; most conflicting: {top or '-'}",
         ]
     rejected = record.get("rejected") or []
-    assert isinstance(rejected, list)
+    if not isinstance(rejected, list):
+        raise TypeError("a round record's rejections must be a list")
     count = record.get("rejection_count", len(rejected))
     lines.append(f"rejected: {count}" if count else "rejected: none")
     lines += [

@@ -10,7 +10,8 @@ store or copy a snapshot before the next optimizer step if you need it frozen.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -232,17 +233,13 @@ def collect_activations(
 
         return hook
 
-    modes = [(m, m.training) for m in module.modules()]
     handles = [target.register_forward_hook(recorder(perm)) for perm, target in targets.items()]
     try:
-        module.eval()
-        with torch.no_grad():
+        with eval_mode(module), torch.no_grad():
             module(batch)
     finally:
         for handle in handles:
             handle.remove()
-        for m, training in modes:
-            m.training = training
     silent = [f"{layers[perm]!r}" for perm, parts in recorded.items() if not parts]
     if silent:
         raise TensorError(
@@ -250,6 +247,19 @@ def collect_activations(
             "name modules that the model's forward actually calls"
         )
     return {perm: torch.cat(parts).numpy() for perm, parts in recorded.items()}
+
+
+@contextmanager
+def eval_mode(module: torch.nn.Module) -> Iterator[None]:
+    """``module`` in eval mode (no dropout, running BatchNorm statistics) for the block,
+    then every submodule's own training flag back, mixed flags included."""
+    modes = [(m, m.training) for m in module.modules()]
+    try:
+        module.eval()
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
 
 
 def classification_loss(
@@ -273,19 +283,13 @@ def classification_loss(
     x = input_batch(module, inputs)
     y = torch.as_tensor(np.asarray(targets), dtype=torch.long, device=x.device)
     load_into_module(module, params, strict=True)
-    modes = [(m, m.training) for m in module.modules()]
     total = 0.0
-    try:
-        module.eval()
-        with torch.no_grad():
-            for start in range(0, len(x), batch_size):
-                logits = module(x[start : start + batch_size])
-                total += float(
-                    torch.nn.functional.cross_entropy(
-                        logits, y[start : start + batch_size], reduction="sum"
-                    )
+    with eval_mode(module), torch.no_grad():
+        for start in range(0, len(x), batch_size):
+            logits = module(x[start : start + batch_size])
+            total += float(
+                torch.nn.functional.cross_entropy(
+                    logits, y[start : start + batch_size], reduction="sum"
                 )
-    finally:
-        for m, training in modes:
-            m.training = training
+            )
     return total / len(x)

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from fedvc.tensors import TensorError
-from fedvc.torch_io import input_batch
+from fedvc.torch_io import eval_mode, input_batch
 
 
 def estimate_fisher(
@@ -81,16 +81,13 @@ def estimate_fisher(
         chosen = np.repeat(chosen, draws)
     params = {name: p.detach() for name, p in module.named_parameters()}
     buffers = {name: b.detach() for name, b in module.named_buffers()}
-    input_batch(module, inputs[:0])  # the dtype check, before any work is done
     totals = {
         name: torch.zeros(p.shape, dtype=torch.float64, device=p.device)
         for name, p in params.items()
     }
     generator = torch.Generator().manual_seed(seed)
-    modes = [(m, m.training) for m in module.modules()]
     vectorised = True
-    try:
-        module.eval()
+    with eval_mode(module):
         for start in range(0, len(chosen), batch_size):
             rows = chosen[start : start + batch_size]
             batch = input_batch(module, inputs[rows])
@@ -105,9 +102,6 @@ def estimate_fisher(
                 squares = _squared_grads_loop(module, params, buffers, batch, onehot)
             for name, square in squares.items():
                 totals[name] += square
-    finally:
-        for m, training in modes:
-            m.training = training
     canonical = {id(p): name for name, p in module.named_parameters()}
     aliases = {
         name: canonical[id(p)] for name, p in module.named_parameters(remove_duplicate=False)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from fedvc.torch_io import input_batch
+from fedvc.torch_io import eval_mode, input_batch
 
 
 def layer_grams(
@@ -44,18 +44,14 @@ def layer_grams(
 
         return hook
 
-    modes = [(m, m.training) for m in module.modules()]
     handles = [
         layer.register_forward_pre_hook(recorder(name, layer)) for name, layer in layers.items()
     ]
     try:
-        module.eval()
-        with torch.no_grad():
+        with eval_mode(module), torch.no_grad():
             for start in range(0, len(inputs), batch_size):
                 module(input_batch(module, inputs[start : start + batch_size]))
     finally:
         for handle in handles:
             handle.remove()
-        for m, training in modes:
-            m.training = training
     return {f"{name}.weight" if name else "weight": totals[name].cpu().numpy() for name in totals}

@@ -203,8 +203,6 @@ def cmd_merge(args: argparse.Namespace) -> int:
     weights = _weights(args.weights, len(args.inputs))
     strategy = _strategy(args)
     models = [load_model(repo, spec)[0] for spec in args.inputs]
-    fishers = _attached(repo, args, models, "fisher", uses_fisher(strategy.spec))
-    grams = _attached(repo, args, models, "grams", uses_grams(strategy.spec))
     clients = [_client_id(repo, spec) for spec in args.inputs]
     for i, client in enumerate(clients):
         if client in clients[:i]:
@@ -212,6 +210,8 @@ def cmd_merge(args: argparse.Namespace) -> int:
                 f"INPUT {args.inputs[i]!r} is the same model as {args.inputs[clients.index(client)]!r}:"
                 " give each model once, and --weights to make one count more"
             )
+    fishers = _attached(repo, args, models, "fisher", uses_fisher(strategy.spec))
+    grams = _attached(repo, args, models, "grams", uses_grams(strategy.spec))
     updates = [
         Update(model, weight=w, client=client, fisher=f, grams=g)
         for model, client, w, f, g in zip(models, clients, weights, fishers, grams, strict=True)

@@ -117,7 +117,7 @@ def _show_round(record: object) -> bool:
         return False
     try:
         lines = render.round_lines(record)
-    except (KeyError, TypeError, ValueError, AssertionError, AttributeError):
+    except (KeyError, TypeError, ValueError, AttributeError):
         return False
     for line in lines:
         print(f"    {line}".rstrip())

@@ -255,6 +255,6 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.add_argument(
         "--no-plots",
         action="store_true",
-        help="write results.json but no PNGs (sweeps, scripts; about 1.5 s less)",
+        help="write results.json but no PNGs (sweeps, scripts: matplotlib is not loaded)",
     )
     p.set_defaults(run=cmd_simulate)

@@ -53,7 +53,7 @@ from fedvc.merge.base import (
     streaming_strategy,
 )
 from fedvc.merge.fedavg import WeightedMean
-from fedvc.tensors import ParamMap
+from fedvc.tensors import ParamMap, dtype_name
 
 NAME = "regmean"
 RIDGE = 1e-9
@@ -68,9 +68,22 @@ def bias_of(weight: str, params: Mapping[str, object]) -> str | None:
     return bias if bias in params else None
 
 
-def gram_size(weight: str, params: ParamMap) -> int:
-    """The side of the Gram a 2-D weight ``(out, in)`` takes: ``in``, plus one for a bias."""
-    return int(params[weight].shape[1]) + (bias_of(weight, params) is not None)
+def gram_problem(
+    name: str, model: Mapping[str, tuple[str, tuple[int, ...]]], dtype: str, shape: tuple[int, ...]
+) -> str | None:
+    """What is wrong with a Gram of ``dtype`` and ``shape`` for layer ``name`` of a model
+    whose tensors are ``model`` (name → (dtype, shape)), or None: it must belong to a 2-D
+    floating weight and be square over the layer's inputs, plus one for its bias."""
+    weight = model.get(name)
+    if weight is None or len(weight[1]) != 2 or not weight[0].startswith("float"):
+        return f"a Gram is named {name!r}, which is not a 2-D floating weight of the model"
+    side = weight[1][1] + (bias_of(name, model) is not None)
+    if shape != (side, side) or not dtype.startswith("float"):
+        return (
+            f"the Gram of {name!r} must be a floating {side}x{side} matrix (inputs, plus one "
+            f"for the bias), got {dtype}{list(shape)}"
+        )
+    return None
 
 
 class RegMeanAccumulator:
@@ -85,6 +98,8 @@ class RegMeanAccumulator:
         self.mean = WeightedMean(NAME)
         self.grams: dict[str, np.ndarray] = {}
         self.products: dict[str, np.ndarray] = {}
+        self.covered: frozenset[str] | None = None
+        """The layers the first update sent Grams for; every other must send the same."""
 
     def _check(self, update: Update) -> ParamMap:
         grams = update.grams
@@ -93,29 +108,24 @@ class RegMeanAccumulator:
                 f"{NAME}: update {update.client!r} carries no Gram matrices; have every client "
                 "send them (fedvc_client.regmean.layer_grams) or merge with fedavg"
             )
-        if self.grams and grams.keys() != self.grams.keys():
+        if self.covered is not None and grams.keys() != self.covered:
             raise MergeError(
                 f"{NAME}: update {update.client!r} has Grams for {sorted(grams)[:5]}, the first "
-                f"update for {sorted(self.grams)[:5]}; every client must cover the same layers"
+                f"update for {sorted(self.covered)[:5]}; every client must cover the same layers"
             )
+        model = {name: (dtype_name(a.dtype), tuple(a.shape)) for name, a in update.params.items()}
         for name, gram in grams.items():
-            weight = update.params.get(name)
-            if weight is None or weight.ndim != 2 or weight.dtype.kind != "f":
-                raise MergeError(
-                    f"{NAME}: update {update.client!r} has a Gram for {name!r}, which is not a "
-                    "2-D floating weight of its model"
-                )
-            side = gram_size(name, update.params)
-            if gram.shape != (side, side) or not np.isfinite(gram).all():
-                raise MergeError(
-                    f"{NAME}: update {update.client!r}: the Gram of {name!r} must be a finite "
-                    f"{side}x{side} matrix (inputs, plus one for a bias), got shape {gram.shape}"
-                )
+            problem = gram_problem(name, model, dtype_name(gram.dtype), tuple(gram.shape))
+            if problem is None and not np.isfinite(gram).all():
+                problem = f"the Gram of {name!r} holds NaN or Inf"
+            if problem is not None:
+                raise MergeError(f"{NAME}: update {update.client!r}: {problem}")
         return grams
 
     def add(self, update: Update) -> None:
         grams = self._check(update)
         self.mean.add(update)
+        self.covered = frozenset(grams)
         for name, gram in grams.items():
             full = np.asarray(gram, dtype=np.float64)
             shrunk = self.alpha * full + (1 - self.alpha) * np.diag(np.diag(full))

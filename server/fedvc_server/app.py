@@ -78,16 +78,14 @@ class FleetServer:
     def start(self) -> FleetServer:
         """Listen on the configured address, serve metrics, start the round timer."""
         tls = self.config.tls
-        credentials = (
-            load_server_credentials(tls.key, tls.cert, tls.client_ca) if tls is not None else None
-        )
-        self.running = start_server(self.servicer, self.config.address, credentials=credentials)
-        if self.config.metrics_port:
-            try:
+        try:  # whatever fails (TLS files, a taken port), nothing is left open
+            credentials = load_server_credentials(tls.key, tls.cert, tls.client_ca) if tls else None
+            self.running = start_server(self.servicer, self.config.address, credentials=credentials)
+            if self.config.metrics_port:
                 self.metrics.serve(self.config.metrics_port)
-            except BaseException:
-                self.stop()
-                raise
+        except BaseException:
+            self.stop()
+            raise
         self._timer = threading.Thread(target=self._tick, name="fedvc-round-timer", daemon=True)
         self._timer.start()
         return self

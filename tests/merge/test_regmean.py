@@ -71,9 +71,10 @@ def test_tensors_without_a_gram_are_the_weighted_mean() -> None:
     "grams, words",
     [
         (None, "carries no Gram matrices"),
-        ({"0.weight": np.eye(4)}, "must be a finite 5x5 matrix"),
+        ({"0.weight": np.eye(4)}, "must be a floating 5x5 matrix"),
         ({"0.bias": np.eye(5)}, "not a 2-D floating weight"),
-        ({"0.weight": np.full((5, 5), np.nan)}, "finite 5x5"),
+        ({"0.weight": np.full((5, 5), np.nan)}, "NaN or Inf"),
+        ({}, "every client must cover the same layers"),
     ],
 )
 def test_bad_grams_are_refused(grams: dict[str, np.ndarray] | None, words: str) -> None:
@@ -81,6 +82,17 @@ def test_bad_grams_are_refused(grams: dict[str, np.ndarray] | None, words: str) 
     bad = Update(good.params, 1.0, "bad", grams=grams)
     with pytest.raises(MergeError, match=words):
         regmean().merge(None, [good, bad], {})
+
+
+def test_the_first_client_sets_the_layers_every_client_covers() -> None:
+    """Even when it covers none: one client's Gram alone must not decide a layer."""
+    good, _, _ = least_squares_client(np.random.default_rng(3), 20, 0.0)
+    first = Update(good.params, 1.0, "a", grams={})  # "a" merges first (client order)
+    with pytest.raises(MergeError, match="every client must cover the same layers"):
+        regmean().merge(None, [first, Update(good.params, 1.0, "b", grams=good.grams)], {})
+
+
+def test_alpha_must_be_in_the_unit_interval() -> None:
     with pytest.raises(MergeError, match=r"alpha=\.\.\.\) must be in \(0, 1\]"):
         regmean(alpha=1.5)
 
