@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_replay import federate, new_repo
+from federation import federate, new_repo
 
 from fedvc.cli import main
 

@@ -49,6 +49,7 @@ from fedvc.align.spec import (
     identity_perms,
     permute_tensor,
 )
+from fedvc.diff import distance
 from fedvc.tensors import ParamMap
 
 _GAIN_ROUNDING = 4.0
@@ -473,14 +474,12 @@ def _merge_weights(weights: Sequence[float] | None, count: int) -> list[float]:
 
 
 def l2_distance(a: ParamMap, b: ParamMap) -> float:
-    """‖a - b‖ over all tensors of ``a`` (float64), e.g. before and after alignment."""
-    total = 0.0
+    """‖a - b‖ over the floating tensors (``fedvc.diff.distance``), e.g. before and after
+    alignment, once every tensor of ``a`` has a counterpart of its shape in ``b``."""
     for name, x in a.items():
         if name not in b or np.shape(b[name]) != np.shape(x):
             raise AlignError(
                 f"tensor {name!r} of shape {list(np.shape(x))} has no counterpart of the same "
                 "shape in the other model: compare models of one architecture"
             )
-        diff = np.asarray(x, dtype=np.float64) - np.asarray(b[name], dtype=np.float64)
-        total += float(np.vdot(diff, diff))
-    return float(np.sqrt(total))
+    return distance(a, {name: b[name] for name in a})
